@@ -1,0 +1,209 @@
+"""``python -m benchmark VERB [hydra overrides]``: dispatch a verb, then hand the rest to Hydra.
+
+Hydra's ``@hydra.main`` takes no positional verb, so the verb is read first and the
+remaining arguments (overrides, ``-m`` for sweeps, ``--cfg job``) go to a Hydra
+application built per verb over the same ``conf/`` tree. Group choices and the
+composed config of every sweep cell are checked before Hydra starts, so a bad
+value fails with one line and nothing is trained or written.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from dataclasses import dataclass
+
+from benchmark.config import GROUPS, ConfigError, check_group_choices, compose, expand_sweep, group_options
+
+
+@dataclass(frozen=True)
+class Verb:
+    target: str          # "module:function" taking the composed DictConfig
+    summary: str
+    keys: str            # the config keys a user of this verb usually sets
+    compose: bool = True  # False: the verb takes plain arguments, not Hydra overrides
+
+
+VERBS: dict[str, Verb] = {
+    "run": Verb(
+        "benchmark.run:main",
+        "train -> sample -> evaluate -> record -> report, for one cell or (with -m) a sweep. "
+        "With no method= given it compares every registered method.",
+        "method= size= data= data.path= seed= train.iterations= sample.num_samples= sample.cfg_scale=",
+    ),
+    "train": Verb(
+        "benchmark.train:main",
+        "train one cell (one process, torchrun DDP, or SLURM ranks); checkpoints under runs/<run_name>/",
+        "method= size= data= train.iterations= train.global_batch_size= train.lr= train.resume=latest "
+        "train.ckpt_every= loss_weight= diffusion.noise_schedule=",
+    ),
+    "sample": Verb(
+        "benchmark.sample:main",
+        "sample N images from a checkpoint (this suite's or a published DiT one): PNGs + ADM .npz",
+        "sample.ckpt=PATH sample.num_samples= sample.sampler=ddpm|ddim sample.steps= sample.cfg_scale= sample.out=",
+    ),
+    "evaluate": Verb(
+        "benchmark.evaluate:main",
+        "FID / IS / Precision / Recall / KID / sFID of a sample folder or .npz (ADM protocol)",
+        "eval.samples=PATH eval.reference=ADM.npz eval.num_fid_samples= eval.inception_weights=",
+    ),
+    "report": Verb(
+        "benchmark.run:report_main",
+        "rebuild reports/ from results/ (markdown tables beside the published numbers, plots)",
+        "paths.results= paths.reports=",
+    ),
+    "submit": Verb(
+        "benchmark.launch.submit:main",
+        "send a grid (method x size x seed sweeps) to SLURM through submitit as train -> sample -> evaluate "
+        "job arrays; launcher=local runs the same grid here",
+        "method=dit,dtr,switch_dit size=S,B seed=0,1 launcher=slurm|local launcher.slurm.partition= ...",
+        compose=False,
+    ),
+    "status": Verb(
+        "benchmark.launch.status:main",
+        "show the submitted grid: pending / running / done / failed per cell, with logs of failures",
+        "the same overrides as submit",
+        compose=False,
+    ),
+}
+
+# Short aliases accepted anywhere on the command line (issue wording: samples=, reference=, ...).
+ALIASES = {
+    "samples": "eval.samples",
+    "reference": "eval.reference",
+    "num_fid_samples": "eval.num_fid_samples",
+    "ckpt": "sample.ckpt",
+    "resume": "train.resume",
+}
+
+
+def _available_verbs() -> dict[str, Verb]:
+    out = {}
+    for name, verb in VERBS.items():
+        module = verb.target.split(":")[0]
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ModuleNotFoundError:  # its parent package is not built either
+            found = False
+        if found:
+            out[name] = verb
+    return out
+
+
+def usage() -> str:
+    verbs = _available_verbs()
+    width = max(len(v) for v in verbs)
+    lines = [
+        "usage: python -m benchmark VERB [hydra overrides] [-m] [--cfg job] [--help]",
+        "",
+        "Compare DiT, DTR and Switch-DiT on one diffusion harness.",
+        "",
+        "verbs:",
+    ]
+    lines += [f"  {name.ljust(width)}  {verb.summary}" for name, verb in verbs.items()]
+    lines += [
+        "",
+        "examples:",
+        "  python -m benchmark run                                  # the embedded default comparison on CPU",
+        "  python -m benchmark run method=switch_dit size=XL data=imagenet data.path=/data/train",
+        "  python -m benchmark run -m method=dit,dtr,switch_dit size=S,B",
+        "",
+        "`python -m benchmark VERB --help` describes one verb.",
+    ]
+    return "\n".join(lines)
+
+
+def verb_help(name: str, verb: Verb) -> str:
+    lines = [f"usage: python -m benchmark {name} [overrides] [-m] [--cfg job]", "", verb.summary, ""]
+    if verb.compose:
+        lines.append("config groups (GROUP=OPTION):")
+        for group in GROUPS:
+            lines.append(f"  {group:<12} {', '.join(group_options(group))}")
+        lines += ["", f"common keys: {verb.keys}",
+                  "aliases: " + ", ".join(f"{k}= -> {v}=" for k, v in ALIASES.items()),
+                  "", "`--cfg job` prints the composed config; `-m` sweeps comma-separated values."]
+    else:
+        lines.append(f"options: {verb.keys}")
+    return "\n".join(lines)
+
+
+def _expand_aliases(args: list[str]) -> list[str]:
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        out.append(f"{ALIASES[key]}={value}" if sep and key in ALIASES else arg)
+    return out
+
+
+def _resolve(target: str):
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+def _default_comparison(name: str, args: list[str]) -> list[str]:
+    """`run` with no method chosen compares every registered method (a Hydra sweep)."""
+    if name != "run" or any(a.split("=")[0].lstrip("+") == "method" for a in args):
+        return args
+    import methods
+
+    return ["-m", "method=" + ",".join(methods.list_methods())] + args
+
+
+def _precheck(overrides: list[str]) -> None:
+    check_group_choices(overrides)
+    for cell in expand_sweep(overrides):
+        compose(cell)
+
+
+def fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    verbs = _available_verbs()
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, args = argv[0], argv[1:]
+    if name not in verbs:
+        return fail(f"unknown verb '{name}'; valid: {', '.join(verbs)}")
+    verb = verbs[name]
+    if "-h" in args or "--help" in args:
+        print(verb_help(name, verb))
+        return 0
+    if not verb.compose:
+        try:
+            return int(_resolve(verb.target)(args) or 0)
+        except USER_ERRORS as exc:
+            return fail(str(exc))
+    args = _default_comparison(name, _expand_aliases(args))
+    overrides = [a for a in args if not a.startswith("-") and "=" in a]
+    try:
+        _precheck(overrides)
+    except USER_ERRORS as exc:
+        return fail(str(exc))
+    return _launch_hydra(name, verb, args)
+
+
+def _launch_hydra(name: str, verb: Verb, args: list[str]) -> int:
+    import hydra
+
+    from conf import CONF_DIR
+
+    func = _resolve(verb.target)
+
+    def task(cfg):
+        try:
+            func(cfg)
+        except USER_ERRORS as exc:
+            sys.exit(fail(str(exc)))
+
+    sys.argv = [f"benchmark {name}"] + args
+    app = hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(task)
+    app()
+    return 0

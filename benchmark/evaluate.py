@@ -1,0 +1,83 @@
+"""``benchmark evaluate``: metrics of a sample set by the ADM protocol, with provenance.
+
+The reference is ADM's reference batch when ``eval.reference`` names one, otherwise the
+dataset's own images (their Inception statistics are computed once and cached). When
+the samples are a run's own (no ``eval.samples``), the result is recorded under
+``results/`` like ``benchmark run`` does; for outside samples the metrics are printed
+and written beside them as ``<samples>.metrics.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+
+def reference_for(cfg: DictConfig, dataset=None):
+    """The reference set: an ADM .npz path, or the dataset's own images (cached statistics)."""
+    from benchmark.metrics import DatasetReference
+
+    if cfg.eval.reference:
+        path = Path(str(cfg.eval.reference))
+        if not path.is_file():
+            raise FileNotFoundError(f"eval.reference={path} does not exist; pass an ADM reference batch .npz")
+        return path
+    if dataset is None:
+        from benchmark.data import build_dataset
+
+        dataset = build_dataset(cfg.data.dataset, path=cfg.data.path, image_size=cfg.data.image_size)
+    return DatasetReference(key=dataset.key, images=dataset.images_uint8)
+
+
+def evaluate_samples(cfg: DictConfig, samples, *, dataset=None, progress: bool = True) -> dict:
+    from benchmark.metrics import evaluate
+
+    return evaluate(
+        samples,
+        reference=reference_for(cfg, dataset),
+        num_fid_samples=int(cfg.eval.num_fid_samples),
+        weights=str(cfg.eval.inception_weights) if cfg.eval.inception_weights else None,
+        batch_size=int(cfg.eval.batch_size),
+        cache_dir=Path(cfg.paths.cache) / "metrics",
+        metrics=tuple(cfg.eval.metrics),
+        progress=progress,
+    )
+
+
+def format_metrics(metrics: dict) -> str:
+    lines = []
+    for key, value in metrics.items():
+        if key.endswith("_unavailable"):
+            continue
+        shown = "unavailable: " + metrics.get(f"{key}_unavailable", "") if value is None else (
+            f"{value:.4f}" if isinstance(value, float) else str(value))
+        lines.append(f"  {key:<18} {shown}")
+    return "\n".join(lines)
+
+
+def _write_json_atomic(obj: dict, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def main(cfg: DictConfig) -> dict:
+    if cfg.eval.samples:
+        samples = Path(str(cfg.eval.samples))
+        if not samples.exists():
+            raise FileNotFoundError(f"eval.samples={samples} does not exist; pass an .npz or a folder of PNGs")
+        result = evaluate_samples(cfg, samples)
+        out = samples.with_name(samples.name + ".metrics.json") if samples.is_file() else samples / "metrics.json"
+        _write_json_atomic(result, out)
+        print(format_metrics(result["metrics"]))
+        print(f"metrics: {out}")
+        return result
+    from benchmark.run import record_run
+
+    path = record_run(cfg)
+    print(f"record: {path}")
+    return {"record": str(path)}

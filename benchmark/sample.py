@@ -1,0 +1,190 @@
+"""Sampling N images from a checkpoint, DDP-parallel, as ADM's and DiT's sample scripts do.
+
+Images are cut into batches of ``sample.per_proc_batch_size``; batch b draws its
+labels and noise from a generator seeded with (seed, b) and is handled by rank
+b mod world_size, so the images do not depend on how many ranks ran and a
+restarted job skips the batches whose PNGs are already on disk. Rank 0 then packs
+``samples.npz`` (``arr_0``: uint8 NHWC RGB, ``arr_1``: labels) for ADM's evaluator.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from PIL import Image
+
+import methods
+from benchmark import checkpoint as ckpt_io
+from benchmark.distributed import barrier, init_distributed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SampleResult:
+    folder: Path
+    npz: Path
+    num_samples: int
+    wall_time_s: float
+    sampler: str
+    steps: int
+    cfg_scale: float
+
+
+def respacing(sampler: str, steps: int) -> str:
+    """The respacing string of benchmark.diffusion: '250' for DDPM, 'ddim50' for DDIM."""
+    return {"ddpm": str(steps), "ddim": f"ddim{steps}"}[sampler]
+
+
+def resolve_checkpoint(cfg: DictConfig) -> Path:
+    if cfg.sample.ckpt:
+        path = Path(str(cfg.sample.ckpt))
+        if not path.is_file():
+            raise FileNotFoundError(f"sample.ckpt={path} does not exist; pass a checkpoint file")
+        return path
+    from benchmark.train import run_dir_of
+
+    path = ckpt_io.latest_checkpoint(run_dir_of(cfg))
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint under {run_dir_of(cfg)}; train first or pass sample.ckpt=PATH")
+    return path
+
+
+def sample_folder(cfg: DictConfig) -> Path:
+    if cfg.sample.out:
+        return Path(str(cfg.sample.out))
+    from benchmark.train import run_dir_of
+
+    return run_dir_of(cfg) / "samples"
+
+
+def _model_build_overrides(cfg: DictConfig) -> dict:
+    """Build arguments used when the checkpoint does not carry its own (published DiT weights)."""
+    from benchmark.config import latent_geometry
+
+    down, side = latent_geometry(cfg)
+    channels = 4 if down == 8 else None
+    kw = dict(patch_size=cfg.model.patch_size, input_size=side, num_classes=cfg.data.num_classes,
+              learn_sigma=cfg.model.learn_sigma,
+              **OmegaConf.to_container(cfg.method.get("options") or {}, resolve=True))
+    if channels is not None:
+        kw["in_channels"] = channels
+    return kw
+
+
+def load_model(cfg: DictConfig, path: Path, device: torch.device) -> torch.nn.Module:
+    model = methods.load_checkpoint(path, method=cfg.method.name, size=cfg.size.name,
+                                    use_ema=cfg.sample.use_ema, **_model_build_overrides(cfg))
+    return model.to(device).eval()
+
+
+def _atomic_png(img: np.ndarray, path: Path) -> None:
+    mode = "L" if img.shape[-1] == 1 else "RGB"
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(img.squeeze(-1) if mode == "L" else img, mode=mode).save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def _batch_done(folder: Path, start: int, stop: int) -> bool:
+    return all((folder / f"{i:06d}.png").exists() for i in range(start, stop))
+
+
+@torch.no_grad()
+def sample(cfg: DictConfig) -> SampleResult:
+    from benchmark.autoencoder import to_uint8
+    from benchmark.diffusion import create_diffusion
+    from benchmark.diffusion.samplers import cfg_model_fn, ddim_sample, ddpm_sample
+    from benchmark.train import make_autoencoder
+
+    started = time.time()
+    info = init_distributed()
+    device = info.device
+    ckpt = resolve_checkpoint(cfg)
+    model = load_model(cfg, ckpt, device)
+    build = getattr(model, "build_kwargs", {})
+    num_classes = int(build.get("num_classes", cfg.data.num_classes))
+    in_ch = int(build.get("in_channels", 4))
+    side = int(build.get("input_size", 32))
+    learn_sigma = bool(build.get("learn_sigma", cfg.model.learn_sigma))
+    ae = make_autoencoder(cfg, image_channels=in_ch, device=device)
+
+    scale = float(cfg.sample.cfg_scale)
+    use_cfg = num_classes > 0 and scale > 1.0
+    diffusion = create_diffusion(respacing(cfg.sample.sampler, cfg.sample.steps),
+                                 noise_schedule=cfg.diffusion.noise_schedule, learn_sigma=learn_sigma,
+                                 num_timesteps=cfg.diffusion.num_timesteps)
+    folder = sample_folder(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    n, bs = int(cfg.sample.num_samples), int(cfg.sample.per_proc_batch_size)
+    num_batches = math.ceil(n / bs)
+    guidance = cfg.sample.guidance_channels
+
+    def net(x, t, y):
+        return model(x, t, y)
+
+    for b in range(info.rank, num_batches, info.world_size):
+        lo, hi = b * bs, min(n, (b + 1) * bs)
+        if _batch_done(folder, lo, hi):
+            continue  # written by an earlier (pre-empted) job
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + b)
+        m = hi - lo
+        z = torch.randn(m, in_ch, side, side, generator=gen).to(device)
+        y = torch.randint(0, max(num_classes, 1), (m,), generator=gen).to(device)
+        fn, kwargs = net, {"y": y}
+        if use_cfg:
+            z = torch.cat([z, z])
+            kwargs = {"y": torch.cat([y, torch.full_like(y, num_classes)])}
+            fn = cfg_model_fn(net, scale, guidance_channels=guidance)
+        noise_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + b + 7919)
+        run = ddim_sample if cfg.sample.sampler == "ddim" else ddpm_sample
+        extra = {"eta": float(cfg.sample.eta)} if cfg.sample.sampler == "ddim" else {}
+        out = run(fn, diffusion, tuple(z.shape), noise=z, generator=noise_gen, model_kwargs=kwargs,
+                  clip_denoised=cfg.sample.clip_denoised, **extra)
+        if use_cfg:
+            out = out[:m]
+        images = to_uint8(ae.decode(out)).permute(0, 2, 3, 1).cpu().numpy()
+        # Labels first: a batch counts as done only once its last PNG exists.
+        np.save(folder / f".labels_{b:06d}.npy", y.cpu().numpy())
+        for i, img in enumerate(images):
+            _atomic_png(img, folder / f"{lo + i:06d}.png")
+    barrier()
+    npz = folder / "samples.npz"
+    if info.is_main:
+        pack_npz(folder, n, npz)
+    barrier()
+    return SampleResult(folder=folder, npz=npz, num_samples=n, wall_time_s=time.time() - started,
+                        sampler=cfg.sample.sampler, steps=int(cfg.sample.steps), cfg_scale=scale)
+
+
+def pack_npz(folder: Path, n: int, out: Path) -> Path:
+    """Pack PNGs 0..n-1 into ADM's format: arr_0 uint8 (N, H, W, 3), arr_1 labels."""
+    images = []
+    for i in range(n):
+        img = np.asarray(Image.open(folder / f"{i:06d}.png").convert("RGB"))
+        images.append(img)
+    arr = np.stack(images)
+    label_files = sorted(folder.glob(".labels_*.npy"))
+    labels = np.concatenate([np.load(p) for p in label_files])[:n] if label_files else np.zeros(n, np.int64)
+    fd, tmp = tempfile.mkstemp(prefix=".samples.", suffix=".npz", dir=folder)
+    os.close(fd)
+    try:
+        np.savez(tmp, arr_0=arr, arr_1=labels)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def main(cfg: DictConfig) -> SampleResult:
+    result = sample(cfg)
+    print(f"samples: {result.folder} ({result.num_samples} images), npz: {result.npz}")
+    return result

@@ -1,0 +1,342 @@
+"""The training loop shared by every method (DiT, Peebles & Xie 2023, Sec. 4 set-up).
+
+AdamW (lr 1e-4, no weight decay), EMA of the weights (0.9999), uniform timesteps (or
+stratified ones for uncertainty weighting), the hybrid loss of improved DDPM
+(ε-MSE + VLB on a frozen mean), optional loss weights, plus whatever auxiliary loss
+the method's model returns from ``forward(..., return_aux=True)``. Latents are
+extracted once per dataset before the first step, so training never runs the encoder.
+
+Determinism: every step reseeds the global RNG from (seed, step, rank) and draws its
+batch indices from (seed, epoch), so a run stopped at step N and resumed gives the
+same weights as one that never stopped.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import methods
+from benchmark import checkpoint as ckpt_io
+from benchmark import preempt
+from benchmark.config import loss_weight_spec
+from benchmark.distributed import DistInfo, barrier, init_distributed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    checkpoint: Path
+    step: int
+    final_loss: float | None
+    steps_per_sec: float | None
+    wall_time_s: float
+    metrics_log: Path
+    num_parameters: int
+    model_state: dict | None = None   # this rank's final weights (DDP agreement checks)
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.runs) / cfg.run_name
+
+
+def build_data(cfg: DictConfig, info: DistInfo):
+    """Dataset, autoencoder and the cached latents (extracted once, DDP-parallel)."""
+    from benchmark.data import build_dataset
+    from benchmark.data.latents import extract_latents
+
+    dataset = build_dataset(cfg.data.dataset, path=cfg.data.path, image_size=cfg.data.image_size)
+    ae = make_autoencoder(cfg, image_channels=dataset.channels, device=info.device)
+    latents = extract_latents(dataset, ae, Path(cfg.paths.cache) / "latents",
+                              batch_size=cfg.train.latent_batch_size, device=info.device,
+                              rank=info.rank, world_size=info.world_size, flips=bool(cfg.data.flip),
+                              seed=int(cfg.seed), progress=info.is_main)
+    return dataset, ae, latents
+
+
+def make_autoencoder(cfg: DictConfig, *, image_channels: int, device):
+    """The configured autoencoder; pixel space needs to know the image channels."""
+    from benchmark.autoencoder import build_autoencoder
+
+    kw = OmegaConf.to_container(cfg.autoencoder, resolve=True)
+    if kw["name"] == "none":
+        kw["image_channels"] = image_channels
+    return build_autoencoder(**kw, device=device)
+
+
+def build_kwargs(cfg: DictConfig, *, in_channels: int, input_size: int, num_classes: int) -> dict:
+    """Arguments of methods.build_model for this cell."""
+    return dict(
+        method=cfg.method.name,
+        size=cfg.size.name,
+        patch_size=cfg.model.patch_size,
+        input_size=input_size,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        learn_sigma=cfg.model.learn_sigma,
+        class_dropout_prob=cfg.model.class_dropout_prob if num_classes > 0 else 0.0,
+        **OmegaConf.to_container(cfg.method.get("options") or {}, resolve=True),
+    )
+
+
+@torch.no_grad()
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    ema_params = dict(ema.named_parameters())
+    for name, param in model.named_parameters():
+        ema_params[name].mul_(decay).add_(param.detach(), alpha=1 - decay)
+
+
+def _unwrap(model):
+    model = getattr(model, "module", model)
+    return getattr(model, "_orig_mod", model)
+
+
+class LossWeighting:
+    """Per-sample ε-loss weights (constant / min-SNR / P2) and optional uncertainty weighting."""
+
+    def __init__(self, cfg: DictConfig, diffusion, device):
+        from benchmark.diffusion import loss_weights as lw
+
+        self.weight_fn = lw.parse_loss_weight(loss_weight_spec(cfg))
+        self.alphas_cumprod = diffusion.alphas_cumprod
+        self.uw = None
+        if cfg.loss_weight.name == "uw":
+            self.uw = lw.UncertaintyWeighting(
+                num_timesteps=diffusion.num_timesteps, num_clusters=cfg.loss_weight.num_clusters,
+                boundaries=cfg.loss_weight.clustering, alphas_cumprod=diffusion.alphas_cumprod,
+            ).to(device)
+
+    def sample_timesteps(self, n: int, num_timesteps: int, device) -> torch.Tensor:
+        if self.uw is not None:
+            return self.uw.sample_timesteps(n, generator=None, device=device)
+        return torch.randint(0, num_timesteps, (n,), device=device)
+
+    def mse_weight(self, t: torch.Tensor) -> torch.Tensor:
+        return self.weight_fn(self.alphas_cumprod, t)
+
+    def reduce(self, per_sample: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return self.uw(per_sample, t) if self.uw is not None else per_sample.mean()
+
+
+def _autocast(cfg: DictConfig, device: torch.device):
+    precision = cfg.train.precision
+    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    if not use_bf16:
+        return nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def _resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
+    resume = cfg.train.resume
+    if resume in (None, "", "none"):
+        return None
+    if resume == "latest":
+        path = ckpt_io.latest_checkpoint(run_dir)
+        if path is None:
+            raise FileNotFoundError(
+                f"train.resume=latest but {ckpt_io.checkpoint_dir(run_dir)} holds no checkpoint; "
+                "drop train.resume to start fresh or pass train.resume=PATH"
+            )
+        return path
+    return Path(str(resume))
+
+
+def _check_compatible(payload: dict, build: dict, path: Path) -> None:
+    saved = payload.get("build", {})
+    diff = sorted(k for k in set(saved) | set(build) if saved.get(k) != build.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: checkpoint {saved.get(k)!r} vs config {build.get(k)!r}" for k in diff[:3])
+        raise ValueError(f"checkpoint {path} was trained with another model ({shown}); resume needs the same cell")
+
+
+def _append_jsonl(path: Path, row: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(row, sort_keys=True) + "\n")
+
+
+def train(cfg: DictConfig) -> TrainResult:
+    from benchmark.diffusion import create_diffusion
+
+    started = time.time()
+    info = init_distributed()
+    device = info.device
+    run_dir = run_dir_of(cfg)
+    if cfg.train.global_batch_size % info.world_size:
+        raise ValueError(f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by the "
+                         f"world size {info.world_size}; choose a multiple of {info.world_size}")
+    per_rank = cfg.train.global_batch_size // info.world_size
+    resume_from = _resume_path(cfg, run_dir)
+    payload = ckpt_io.load_training_checkpoint(resume_from) if resume_from else None
+
+    if info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    dataset, _, latents = build_data(cfg, info)
+    c, h, w = latents.latents.shape[1:]
+    build = build_kwargs(cfg, in_channels=c, input_size=h, num_classes=dataset.num_classes)
+    if payload is not None:
+        _check_compatible(payload, build, resume_from)
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    model = methods.build_model(**build).to(device)
+    ema = methods.build_model(**build).to(device)
+    ema.load_state_dict(model.state_dict())
+    ema.requires_grad_(False).eval()
+    if cfg.train.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    num_params = sum(p.numel() for p in model.parameters())
+
+    diffusion = create_diffusion(None, noise_schedule=cfg.diffusion.noise_schedule,
+                                 learn_sigma=cfg.model.learn_sigma, num_timesteps=cfg.diffusion.num_timesteps)
+    weighting = LossWeighting(cfg, diffusion, device)
+    groups = [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    if weighting.uw is not None:
+        groups.append({"params": list(weighting.uw.parameters()), "lr": float(cfg.loss_weight.lr)})
+    opt = torch.optim.AdamW(groups, lr=float(cfg.train.lr), weight_decay=float(cfg.train.weight_decay),
+                            betas=tuple(cfg.train.adam_betas))
+
+    start_step = 0
+    if payload is not None:
+        model.load_state_dict(payload["model"])
+        ema.load_state_dict(payload["ema"])
+        opt.load_state_dict(payload["opt"])
+        if weighting.uw is not None and "uw" in payload.get("extra", {}):
+            weighting.uw.load_state_dict(payload["extra"]["uw"])
+        start_step = int(payload["step"])
+        ckpt_io.set_rng_state(payload["rng"])
+        if info.is_main:
+            log.info("resumed from %s at step %d", resume_from, start_step)
+
+    net = torch.compile(model) if cfg.train.compile else model
+    if info.world_size > 1:
+        net = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+    model.train()
+
+    metrics_log = run_dir / "metrics.jsonl"
+    if info.is_main and start_step == 0 and metrics_log.exists():
+        metrics_log.unlink()  # a fresh run replaces the old log; a resumed one appends to it
+    iterations = int(cfg.train.iterations)
+    config_container = OmegaConf.to_container(cfg, resolve=True)
+    last_ckpt = resume_from
+    running, running_n, last_loss, sps = 0.0, 0, None, None
+    window_start, window_steps = time.time(), 0
+    bar = _progress(cfg, info, start_step, iterations)
+    num_timesteps = diffusion.num_timesteps
+
+    for step in range(start_step, iterations):
+        if _stop_requested(info, device):
+            # A scheduler asked us to stop: save this step boundary, then let its handler requeue.
+            last_ckpt = _save(cfg, info, run_dir, step, model, ema, opt, weighting, config_container, build)
+            preempt.complete()
+        torch.manual_seed(_step_seed(cfg.seed, step, info.rank, info.world_size))
+        idx = latents.indices_for_step(step, per_rank, seed=cfg.seed, rank=info.rank,
+                                       world_size=info.world_size)
+        x = latents.latents[idx].to(device, non_blocking=True)
+        y = latents.labels[idx].to(device, non_blocking=True)
+        t = weighting.sample_timesteps(x.shape[0], num_timesteps, device)
+        aux: dict[str, torch.Tensor] = {}
+
+        def model_fn(x_t, t_model, y):
+            out, extra = net(x_t, t_model, y, return_aux=True)
+            aux.update(extra)
+            return out
+
+        with _autocast(cfg, device):
+            terms = diffusion.training_losses(model_fn, x, t, model_kwargs={"y": y},
+                                              mse_weight=weighting.mse_weight(t))
+            loss = weighting.reduce(terms["loss"].float(), t)
+            for value in aux.values():
+                loss = loss + value.float()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if weighting.uw is not None and info.world_size > 1:
+            for p in weighting.uw.parameters():
+                dist.all_reduce(p.grad)
+                p.grad /= info.world_size
+        if cfg.train.max_grad_norm:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.train.max_grad_norm))
+        opt.step()
+        update_ema(ema, model, float(cfg.train.ema_decay))
+
+        running += loss.detach().item()
+        running_n += 1
+        window_steps += 1
+        done = step + 1
+        if done % cfg.train.log_every == 0 or done == iterations:
+            avg = torch.tensor([running / running_n], device=device)
+            if info.world_size > 1:
+                dist.all_reduce(avg)
+                avg /= info.world_size
+            now = time.time()
+            sps = window_steps / max(now - window_start, 1e-9)
+            last_loss = float(avg.item())
+            if info.is_main:
+                row = {"step": done, "loss": last_loss, "steps_per_sec": sps,
+                       **{f"aux_{k}": float(v.detach()) for k, v in aux.items()}}
+                _append_jsonl(metrics_log, row)
+            running, running_n, window_start, window_steps = 0.0, 0, now, 0
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}", sps=f"{sps:.2f}" if sps else "-")
+        if done % cfg.train.ckpt_every == 0 or done == iterations:
+            last_ckpt = _save(cfg, info, run_dir, done, model, ema, opt, weighting, config_container, build)
+    if bar is not None:
+        bar.close()
+    if last_ckpt is None:
+        last_ckpt = ckpt_io.latest_checkpoint(run_dir)
+    return TrainResult(run_dir=run_dir, checkpoint=Path(last_ckpt), step=max(iterations, start_step),
+                       final_loss=last_loss, steps_per_sec=sps, wall_time_s=time.time() - started,
+                       metrics_log=metrics_log, num_parameters=num_params,
+                       model_state=model.state_dict())
+
+
+def _stop_requested(info: DistInfo, device) -> bool:
+    """True on every rank as soon as any rank holds a deferred scheduler signal."""
+    flag = preempt.requested()
+    if info.world_size > 1:
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        flag = bool(t.item())
+    return flag
+
+
+def _save(cfg, info: DistInfo, run_dir: Path, step: int, model, ema, opt, weighting, config, build) -> Path:
+    path = ckpt_io.checkpoint_path(run_dir, step)
+    if info.is_main:
+        extra = {"uw": weighting.uw.state_dict()} if weighting.uw is not None else {}
+        ckpt_io.save_checkpoint(path, model=model, ema=ema, optimizer=opt, step=step, config=config,
+                                build=build, extra=extra)
+    barrier()
+    return path
+
+
+def _step_seed(seed: int, step: int, rank: int, world: int) -> int:
+    # Distinct per (step, rank); stays below 2**63 for any realistic run length.
+    return (seed * 1_000_003 + step) * max(world, 1) + rank
+
+
+def _progress(cfg, info: DistInfo, start: int, total: int):
+    if not (cfg.train.progress and info.is_main):
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=start, desc=f"train {cfg.run_name}", dynamic_ncols=True,
+                mininterval=1.0)
+
+
+def main(cfg: DictConfig) -> TrainResult:
+    result = train(cfg)
+    if math.isfinite(result.final_loss or 0.0):
+        log.info("trained %s to step %d: %s", cfg.run_name, result.step, result.checkpoint)
+    print(f"checkpoint: {result.checkpoint}")
+    return result
