@@ -209,10 +209,16 @@ def loss_weight_spec(cfg: DictConfig) -> str:
     return table[lw.name]()
 
 
+def method_options(cfg: DictConfig) -> dict:
+    """The method's build options as a plain dict (empty for DiT)."""
+    options = cfg.method.get("options")
+    return dict(OmegaConf.to_container(options, resolve=True)) if options else {}
+
+
 def _check_method_options(cfg: DictConfig) -> None:
     import methods
 
-    options = OmegaConf.to_container(cfg.method.get("options") or {}, resolve=True)
+    options = method_options(cfg)
     try:
         methods.validate_options(cfg.method.name, **options)
     except ValueError as exc:

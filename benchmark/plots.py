@@ -20,6 +20,7 @@ def _pyplot():
 
 
 def loss_curve(metrics_jsonl: Path, out: Path, title: str = "") -> Path:
+    out = Path(out)
     rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=110)
@@ -59,6 +60,7 @@ def grid_array(images: np.ndarray, labels: np.ndarray | None = None, *, per_row:
 def sample_grid(npz: Path, out: Path) -> Path:
     from PIL import Image
 
+    out = Path(out)
     data = np.load(npz)
     images = data["arr_0"]
     labels = data["arr_1"] if "arr_1" in data.files else None

@@ -68,13 +68,13 @@ def sample_folder(cfg: DictConfig) -> Path:
 
 def _model_build_overrides(cfg: DictConfig) -> dict:
     """Build arguments used when the checkpoint does not carry its own (published DiT weights)."""
-    from benchmark.config import latent_geometry
+    from benchmark.config import latent_geometry, method_options
 
     down, side = latent_geometry(cfg)
     channels = 4 if down == 8 else None
     kw = dict(patch_size=cfg.model.patch_size, input_size=side, num_classes=cfg.data.num_classes,
               learn_sigma=cfg.model.learn_sigma,
-              **OmegaConf.to_container(cfg.method.get("options") or {}, resolve=True))
+              **method_options(cfg))
     if channels is not None:
         kw["in_channels"] = channels
     return kw

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import methods
 from benchmark import checkpoint as ckpt_io
 from benchmark import preempt
-from benchmark.config import loss_weight_spec
+from benchmark.config import loss_weight_spec, method_options
 from benchmark.distributed import DistInfo, barrier, init_distributed
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def build_kwargs(cfg: DictConfig, *, in_channels: int, input_size: int, num_clas
         num_classes=num_classes,
         learn_sigma=cfg.model.learn_sigma,
         class_dropout_prob=cfg.model.class_dropout_prob if num_classes > 0 else 0.0,
-        **OmegaConf.to_container(cfg.method.get("options") or {}, resolve=True),
+        **method_options(cfg),
     )
 
 

@@ -1,0 +1,256 @@
+"""The latent cache: encode a dataset once (optionally DDP-parallel), then train from the stored tensors.
+
+DiT (arXiv 2212.09748) trains on `vae.encode(x).latent_dist.sample() * 0.18215` of randomly flipped,
+center-cropped images. Here every image is encoded twice, as is and horizontally flipped, so sampling
+uniformly from the cache reproduces the random flip without running the encoder during training.
+
+Layout of a LatentSet with flips (N images): rows 0..N-1 are the images in dataset order, rows N..2N-1
+the flipped images in the same order (row N + i is the flip of row i). Labels follow the same layout.
+
+Stochastic encoders (the SD VAE) draw one standard-normal noise tensor per row from a CPU generator
+seeded with (seed, row), so the cache is bit-identical however the work is split over ranks/batches.
+
+Cache file: `<cache_dir>/latents-<dataset>-<autoencoder>-<hash>.pt`, a `torch.save` dict of tensors and
+plain metadata, read back with `torch.load(weights_only=True, mmap=True)` and written atomically (temp
+file + os.replace), so an interrupted run never leaves a partial cache behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid
+from dataclasses import dataclass, field
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..autoencoder import Autoencoder, from_uint8
+from .sampler import indices_for_step as _indices_for_step
+from .sampler import steps_per_epoch as _steps_per_epoch
+
+FORMAT_VERSION = 1
+
+
+@dataclass
+class LatentSet:
+    """Encoded dataset: latents (M, C, h, w) float32, labels (M,) int64; see module docstring for row order."""
+
+    latents: torch.Tensor
+    labels: torch.Tensor
+    key: str
+    num_classes: int
+    flips: bool
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return tuple(self.latents.shape[1:])
+
+    def batch(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(latents, labels) rows for int64 `indices` (copies; the stored tensors may be memory-mapped)."""
+        return self.latents[indices], self.labels[indices]
+
+    def steps_per_epoch(self, global_batch: int, drop_last: bool = True) -> int:
+        return _steps_per_epoch(len(self), global_batch, drop_last)
+
+    def indices_for_step(self, step: int, per_rank_batch: int, *, seed: int, rank: int = 0, world_size: int = 1,
+                         drop_last: bool = True) -> torch.Tensor:
+        """Row indices `rank` uses at `step`; see `benchmark.data.sampler.indices_for_step`."""
+        return _indices_for_step(step, per_rank_batch, seed=seed, rank=rank, world_size=world_size,
+                                 num_items=len(self), drop_last=drop_last)
+
+    def loader(self, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1, start_step: int = 0,
+               drop_last: bool = True):
+        """Endless iterator of per-rank (latents, labels) batches for steps start_step, start_step + 1, ...
+
+        `batch_size` is per rank. Deterministic in (seed, step): resuming with start_step=s continues exactly.
+        """
+        step = start_step
+        while True:
+            yield self.batch(self.indices_for_step(step, batch_size, seed=seed, rank=rank, world_size=world_size,
+                                                   drop_last=drop_last))
+            step += 1
+
+
+def cache_key(dataset, autoencoder: Autoencoder, flips: bool, seed: int) -> str:
+    """Everything that determines the cache contents, as one string."""
+    noise = f"seed={seed}" if autoencoder.stochastic else "deterministic"
+    return f"{dataset.key}|{autoencoder.key}|flips={bool(flips)}|{noise}|v{FORMAT_VERSION}"
+
+
+def cache_path(dataset, autoencoder: Autoencoder, cache_dir: str, flips: bool = True, seed: int = 0) -> str:
+    digest = hashlib.sha1(cache_key(dataset, autoencoder, flips, seed).encode()).hexdigest()[:16]
+    return os.path.join(cache_dir, f"latents-{dataset.name}-{autoencoder.name}-{digest}.pt")
+
+
+def _atomic_save(obj, path: str) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)  # atomic on POSIX within one filesystem: readers see the old file or the new one
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_latents(path: str, expected_key: str | None = None) -> LatentSet | None:
+    """Load a cache file (memory-mapped); None if it is missing or its key/format does not match."""
+    if not os.path.isfile(path):
+        return None
+    data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    if data.get("format") != FORMAT_VERSION or (expected_key is not None and data.get("cache_key") != expected_key):
+        return None
+    meta = {k: v for k, v in data.items() if k not in ("latents", "labels")}
+    return LatentSet(latents=data["latents"], labels=data["labels"], key=data["cache_key"],
+                     num_classes=int(data["num_classes"]), flips=bool(data["flips"]), meta=meta)
+
+
+class _IndexedItems(Dataset):
+    """Deterministic (no random flip) items of `indices`, returned with their dataset index."""
+
+    def __init__(self, dataset, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int):
+        image, label = self.dataset.load(self.indices[k])
+        return image, label, self.indices[k]
+
+
+def _row_noise(rows: torch.Tensor, shape: tuple[int, ...], seed: int) -> torch.Tensor:
+    """One standard-normal tensor per cache row, each from its own generator (split-invariant)."""
+    out = torch.empty((len(rows), *shape))
+    for k, row in enumerate(rows.tolist()):
+        g = torch.Generator().manual_seed((int(seed) * 0x9E3779B97F4A7C15 + row) % (2 ** 63))
+        out[k] = torch.randn(shape, generator=g)
+    return out
+
+
+def _encode(autoencoder, images_uint8, rows, seed, device) -> torch.Tensor:
+    x = from_uint8(images_uint8).to(device)
+    noise = None
+    if autoencoder.stochastic:
+        noise = _row_noise(rows, autoencoder.latent_shape(images_uint8.shape[-1]), seed)
+    return autoencoder.encode(x, noise=noise).to("cpu", torch.float32)
+
+
+def _encode_indices(dataset, autoencoder, indices, *, batch_size, device, flips, seed, num_workers, progress):
+    """(latents of indices, latents of their flips or None) in the order of `indices`."""
+    n_total = len(dataset)
+    shape = autoencoder.latent_shape(dataset.image_size)
+    plain = torch.empty((len(indices), *shape))
+    flipped = torch.empty((len(indices), *shape)) if flips else None
+    loader = DataLoader(_IndexedItems(dataset, indices), batch_size=batch_size, shuffle=False,
+                        num_workers=num_workers)
+    if progress:
+        from tqdm import tqdm
+        loader = tqdm(loader, desc="encoding latents")
+    done = 0
+    for images, _, idx in loader:
+        n = images.shape[0]
+        plain[done:done + n] = _encode(autoencoder, images, idx, seed, device)
+        if flips:
+            flipped[done:done + n] = _encode(autoencoder, images.flip(-1), idx + n_total, seed, device)
+        done += n
+    return plain, flipped
+
+
+def _validate_everywhere(dataset, indices, world_size: int) -> None:
+    """Run dataset.validate on this rank's shard; with DDP every rank raises if any rank found a bad file."""
+    error = None
+    try:
+        dataset.validate(indices)
+    except (ValueError, OSError) as err:
+        error = err
+    if world_size > 1:
+        messages = [None] * world_size
+        torch.distributed.all_gather_object(messages, None if error is None else str(error))
+        first = next((m for m in messages if m), None)
+        if first is not None and error is None:
+            raise ValueError(first)
+    if error is not None:
+        raise error
+
+
+def extract_latents(dataset, autoencoder: Autoencoder, cache_dir: str, *, batch_size: int = 64, device="cpu",
+                    rank: int = 0, world_size: int = 1, flips: bool = True, progress: bool = False, seed: int = 0,
+                    num_workers: int = 0) -> LatentSet:
+    """Encode `dataset` with `autoencoder` once and cache it in `cache_dir`; later calls just load it.
+
+    With world_size > 1 (torch.distributed initialised) rank r encodes dataset indices r::world_size,
+    saves a shard, and rank 0 merges the shards in dataset order into the final cache; all ranks
+    return the same LatentSet. `cache_dir` must be visible to every rank (a shared filesystem across
+    nodes). Pixel space (`none`) stores the [-1, 1] images themselves. `num_workers` feeds a DataLoader
+    for image decoding; `seed` fixes the noise of stochastic encoders.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank!r}")
+    if world_size > 1 and not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        raise ValueError(f"extract_latents(world_size={world_size}) needs an initialised torch.distributed "
+                         f"process group")
+    if dataset.channels != autoencoder.image_channels:
+        raise ValueError(f"dataset {dataset.name!r} has {dataset.channels} channels but autoencoder "
+                         f"{autoencoder.name!r} expects {autoencoder.image_channels}")
+    autoencoder.latent_shape(dataset.image_size)  # fails now, not mid-run, on a non-divisible size
+
+    key = cache_key(dataset, autoencoder, flips, seed)
+    path = cache_path(dataset, autoencoder, cache_dir, flips, seed)
+    cached = load_latents(path, key)
+    if cached is not None:
+        return cached
+    os.makedirs(cache_dir, exist_ok=True)
+
+    n = len(dataset)
+    indices = list(range(rank, n, world_size))
+    _validate_everywhere(dataset, indices, world_size)
+    plain, flipped = _encode_indices(dataset, autoencoder, indices, batch_size=batch_size, device=device,
+                                     flips=flips, seed=seed, num_workers=num_workers,
+                                     progress=progress and rank == 0)
+    if world_size > 1:
+        shard = f"{path}.shard{rank}of{world_size}"
+        _atomic_save({"plain": plain, "flipped": flipped}, shard)
+        del plain, flipped
+        torch.distributed.barrier()
+        if rank == 0:
+            shape = autoencoder.latent_shape(dataset.image_size)
+            plain = torch.empty((n, *shape))
+            flipped = torch.empty((n, *shape)) if flips else None
+            for r in range(world_size):
+                shard_r = f"{path}.shard{r}of{world_size}"
+                part = torch.load(shard_r, map_location="cpu", weights_only=True)
+                plain[r::world_size] = part["plain"]
+                if flips:
+                    flipped[r::world_size] = part["flipped"]
+            _write_cache(path, key, dataset, autoencoder, flips, seed, plain, flipped)
+            for r in range(world_size):
+                os.remove(f"{path}.shard{r}of{world_size}")
+        torch.distributed.barrier()
+    else:
+        _write_cache(path, key, dataset, autoencoder, flips, seed, plain, flipped)
+    result = load_latents(path, key)
+    if result is None:
+        raise RuntimeError(f"latent cache '{path}' was written but could not be read back")
+    return result
+
+
+def _write_cache(path, key, dataset, autoencoder, flips, seed, plain, flipped) -> None:
+    labels = torch.as_tensor(dataset.labels, dtype=torch.int64)
+    _atomic_save({
+        "format": FORMAT_VERSION,
+        "cache_key": key,
+        "dataset_key": dataset.key,
+        "autoencoder_key": autoencoder.key,
+        "flips": bool(flips),
+        "seed": int(seed),
+        "num_items": len(dataset),
+        "num_classes": int(dataset.num_classes),
+        "latents": torch.cat([plain, flipped]) if flips else plain,
+        "labels": torch.cat([labels, labels]) if flips else labels,
+    }, path)

@@ -1,0 +1,208 @@
+"""Latent cache (create once, flips, atomic write, DDP-parallel extraction) and the batch index sampler."""
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from benchmark.autoencoder import PixelSpace, from_uint8
+from benchmark.data import ImageDataset, build_dataset, extract_latents, indices_for_step, steps_per_epoch
+from benchmark.data.latents import cache_path
+
+
+class CountingPixels(PixelSpace):
+    """Pixel space that counts encode calls and can fail on a chosen call."""
+
+    def __init__(self, channels=1, fail_on_call=None):
+        super().__init__(channels)
+        self.calls, self.fail_on_call = 0, fail_on_call
+
+    def encode(self, x, *, generator=None, noise=None):
+        self.calls += 1
+        if self.calls == self.fail_on_call:
+            raise RuntimeError("encoder exploded")
+        return super().encode(x)
+
+
+class NoisyToy(PixelSpace):
+    """A stochastic 'encoder' (0.5 x + 0.1 noise) to check that noise is split-invariant under DDP."""
+
+    stochastic = True
+
+    def __init__(self):
+        super().__init__(1)
+        self.key = "noisy-toy"
+
+    def encode(self, x, *, generator=None, noise=None):
+        return 0.5 * x + 0.1 * noise
+
+
+class TinyDataset(ImageDataset):
+    """Seeded random 1x8x8 uint8 images in memory (spawned workers build it without importing sklearn)."""
+
+    def __init__(self, n=301):
+        g = torch.Generator().manual_seed(0)
+        self._images = torch.randint(0, 256, (n, 1, 8, 8), generator=g, dtype=torch.uint8)
+        self._labels = torch.randint(0, 3, (n,), generator=g)
+        self.name, self.key, self.num_classes, self.channels, self.image_size = "tiny", f"tiny-{n}", 3, 1, 8
+
+    def __len__(self):
+        return len(self._images)
+
+    def load(self, index):
+        return self._images[index].clone(), int(self._labels[index])
+
+    @property
+    def labels(self):
+        return self._labels.numpy().copy()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return build_dataset("digits", image_size=8)
+
+
+def test_cache_created_once_and_reused(digits, tmp_path):
+    ae = CountingPixels()
+    first = extract_latents(digits, ae, str(tmp_path), batch_size=500)
+    assert ae.calls == 2 * 4  # ceil(1797 / 500) batches, each encoded plain and flipped
+    again = CountingPixels()
+    second = extract_latents(digits, again, str(tmp_path), batch_size=500)
+    assert again.calls == 0
+    torch.testing.assert_close(first.latents, second.latents, rtol=0, atol=0)
+    assert os.listdir(tmp_path) == [os.path.basename(cache_path(digits, ae, str(tmp_path)))]
+    # A different option is a different cache entry.
+    other = CountingPixels()
+    extract_latents(digits, other, str(tmp_path), batch_size=500, flips=False)
+    assert other.calls == 4 and len(os.listdir(tmp_path)) == 2
+
+
+def test_flips_doubled_and_correct(digits, tmp_path):
+    lat = extract_latents(digits, PixelSpace(1), str(tmp_path), batch_size=256)
+    n = len(digits)
+    images = torch.from_numpy(digits.images_uint8()).permute(0, 3, 1, 2)
+    expected = images.float() / 255 * 2 - 1
+    assert lat.latents.shape == (2 * n, 1, 8, 8) and lat.latents.dtype == torch.float32
+    torch.testing.assert_close(lat.latents[:n], expected)
+    torch.testing.assert_close(lat.latents[n:], expected.flip(-1))
+    labels = torch.as_tensor(digits.labels)
+    assert lat.labels.dtype == torch.int64 and torch.equal(lat.labels, torch.cat([labels, labels]))
+    assert lat.num_classes == 10 and lat.flips and len(lat) == 2 * n
+
+    no_flip = extract_latents(digits, PixelSpace(1), str(tmp_path), flips=False)
+    assert len(no_flip) == n and torch.equal(no_flip.latents, lat.latents[:n])
+
+
+def test_atomic_no_partial_file_when_encode_raises(digits, tmp_path):
+    with pytest.raises(RuntimeError, match="encoder exploded"):
+        extract_latents(digits, CountingPixels(fail_on_call=3), str(tmp_path), batch_size=400)
+    assert os.listdir(tmp_path) == []
+    ok = CountingPixels()
+    extract_latents(digits, ok, str(tmp_path), batch_size=400)
+    assert ok.calls > 0  # nothing stale was reused
+
+
+def test_channel_mismatch_is_clear(digits, tmp_path):
+    with pytest.raises(ValueError, match="1 channels but autoencoder 'none' expects 3"):
+        extract_latents(digits, PixelSpace(3), str(tmp_path))
+
+
+def test_unreadable_image_fails_before_encoding(tmp_path):
+    from PIL import Image
+    from benchmark.data import UnreadableImageError
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for i in range(3):
+        Image.new("RGB", (10, 10), (i, i, i)).save(root / f"{i}.png")
+    (root / "9_bad.png").write_bytes(b"\x89PNG broken")
+    ds = build_dataset("imagefolder", path=str(root), image_size=8)
+    ae = CountingPixels(channels=3)
+    with pytest.raises(UnreadableImageError, match="9_bad.png"):
+        extract_latents(ds, ae, str(tmp_path / "cache"))
+    assert ae.calls == 0
+
+
+# ---------------------------------------------------------------- DDP extraction
+def _ddp_worker(rank, world_size, init_file, cache_dir, out_file):
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    try:
+        lat = extract_latents(TinyDataset(), NoisyToy(), cache_dir, batch_size=32, rank=rank, world_size=world_size,
+                              seed=3)
+        if rank == 1:  # every rank returns the merged set, not only its shard
+            torch.save({"latents": lat.latents.clone(), "labels": lat.labels.clone()}, out_file)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_extraction_equals_single_process(tmp_path):
+    tiny = TinyDataset()
+    single = extract_latents(tiny, NoisyToy(), str(tmp_path / "single"), batch_size=100, seed=3)
+    out_file = str(tmp_path / "rank1.pt")
+    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(tmp_path / "ddp"), out_file), nprocs=2, join=True)
+    ddp = torch.load(out_file, weights_only=True)
+    torch.testing.assert_close(ddp["latents"], single.latents, rtol=0, atol=0)
+    assert torch.equal(ddp["labels"], single.labels)
+    final = os.path.basename(cache_path(tiny, NoisyToy(), str(tmp_path / "ddp"), True, 3))
+    assert os.listdir(tmp_path / "ddp") == [final]  # shards cleaned up, only the final cache left
+    # The noise really is per-row noise: residual / 0.1 is standard normal, differs between rows and
+    # between an image and its flip.
+    n = len(tiny)
+    images = from_uint8(tiny._images)
+    noise = (single.latents - 0.5 * torch.cat([images, images.flip(-1)])) / 0.1
+    assert abs(noise.mean()) < 0.05 and abs(noise.std() - 1) < 0.05
+    assert not torch.allclose(noise[0], noise[1]) and not torch.allclose(noise[0], noise[n])
+
+
+# ---------------------------------------------------------------- sampler
+def test_epoch_covers_every_item_once_across_ranks():
+    n, per_rank, world = 103, 5, 4
+    spe = steps_per_epoch(n, per_rank * world)
+    assert spe == 103 // 20
+    seen = torch.cat([indices_for_step(s, per_rank, seed=7, rank=r, world_size=world, num_items=n)
+                      for s in range(spe) for r in range(world)])
+    assert len(seen) == spe * 20 and len(set(seen.tolist())) == len(seen)  # disjoint, no repeats
+    assert seen.min() >= 0 and seen.max() < n
+
+
+def test_ranks_split_the_single_process_batch():
+    kwargs = dict(seed=1, num_items=50)
+    whole = indices_for_step(3, 8, rank=0, world_size=1, **kwargs)
+    parts = [indices_for_step(3, 2, rank=r, world_size=4, **kwargs) for r in range(4)]
+    assert torch.equal(torch.cat(parts), whole)
+
+
+def test_reproducible_and_seed_epoch_dependent():
+    a = indices_for_step(11, 4, seed=0, num_items=40)
+    assert torch.equal(a, indices_for_step(11, 4, seed=0, num_items=40))
+    assert not torch.equal(a, indices_for_step(11, 4, seed=1, num_items=40))
+    # step 11 is epoch 1 (10 steps/epoch), position 1; the same position in epoch 0 uses another permutation
+    assert not torch.equal(a, indices_for_step(1, 4, seed=0, num_items=40))
+
+
+def test_loader_resume_matches(digits, tmp_path):
+    lat = extract_latents(digits, PixelSpace(1), str(tmp_path))
+    full = lat.loader(16, seed=5, rank=1, world_size=2)
+    batches = [next(full) for _ in range(6)]
+    resumed = next(lat.loader(16, seed=5, rank=1, world_size=2, start_step=4))
+    assert torch.equal(resumed[0], batches[4][0]) and torch.equal(resumed[1], batches[4][1])
+    x, y = batches[0]
+    assert x.shape == (16, 1, 8, 8) and y.shape == (16,)
+
+
+def test_drop_last_false_wraps_to_full_batches():
+    assert steps_per_epoch(10, 4, drop_last=False) == 3
+    last = indices_for_step(2, 4, seed=0, num_items=10, drop_last=False)
+    epoch = torch.cat([indices_for_step(s, 4, seed=0, num_items=10, drop_last=False) for s in range(2)])
+    assert len(last) == 4 and torch.equal(last[2:], epoch[:2])  # wrapped to the start of the same permutation
+    assert set(torch.cat([epoch, last[:2]]).tolist()) == set(range(10))
+
+
+def test_sampler_errors():
+    with pytest.raises(ValueError, match=r"rank must be an int in \[0, 2\), got 2"):
+        indices_for_step(0, 4, seed=0, rank=2, world_size=2, num_items=100)
+    with pytest.raises(ValueError, match="global batch 64 is larger than the dataset \\(10 items\\)"):
+        indices_for_step(0, 32, seed=0, world_size=2, num_items=10)
+    with pytest.raises(ValueError, match="step must be an int >= 0, got -1"):
+        indices_for_step(-1, 4, seed=0, num_items=10)
