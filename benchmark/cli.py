@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass
 
@@ -51,6 +52,13 @@ VERBS: dict[str, Verb] = {
         "benchmark.run:report_main",
         "rebuild reports/ from results/ (markdown tables beside the published numbers, plots)",
         "paths.results= paths.reports=",
+    ),
+    "kernels": Verb(
+        "benchmark.cli:kernels_main",
+        "microbenchmarks of Switch-DiT's MoE expert layer (fused Triton kernel vs the official formulation, "
+        "torch._grouped_mm, dense nn.Linear) at the S/B/L/XL shapes; JSON under results/kernels/",
+        "--quick --device cuda|cpu --dtype bfloat16|float16|float32 --providers a,b --whole-step --out DIR",
+        compose=False,
     ),
     "submit": Verb(
         "benchmark.launch.submit:main",
@@ -114,7 +122,8 @@ def usage() -> str:
 
 
 def verb_help(name: str, verb: Verb) -> str:
-    lines = [f"usage: python -m benchmark {name} [overrides] [-m] [--cfg job]", "", verb.summary, ""]
+    tail = "[overrides] [-m] [--cfg job]" if verb.compose else "[options]"
+    lines = [f"usage: python -m benchmark {name} {tail}", "", verb.summary, ""]
     if verb.compose:
         lines.append("config groups (GROUP=OPTION):")
         for group in GROUPS:
@@ -153,6 +162,21 @@ def _precheck(overrides: list[str]) -> None:
     check_group_choices(overrides)
     for cell in expand_sweep(overrides):
         compose(cell)
+
+
+def kernels_main(args: list[str]) -> int:
+    if not torch_cuda_available():
+        # The interpreter must be chosen before Triton kernels are imported.
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    from kernels.bench import main as bench_main
+
+    return int(bench_main(args) or 0)
+
+
+def torch_cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def fail(message: str, code: int = 2) -> int:

@@ -1,0 +1,301 @@
+"""One-shot GPU acceptance check of the fused MoE expert linear (kernels/moe_triton.py).
+
+Made for a short loan of one H100/H200 (must finish in < 5 minutes):
+
+1. correctness of backend="triton" against a float64 reference (the grouped
+   plain-torch evaluation of out[n] = sum_j g_j (x[n] @ W[e_j] + b[e_j]),
+   arXiv 2403.09176 Sec. 3.2) at the real shapes: relative error
+   ||got - ref|| / ||ref|| of the output and of every gradient; limits
+   bf16 <= 1e-2, fp16 <= 5e-3, fp32 <= 1e-3 (tf32 dots); plus bitwise
+   determinism of two runs;
+2. the full microbenchmark (kernels/bench.py) in bf16, D=1152 / 32x256
+   tokens first, then the other shapes;
+3. a small tile sweep at D=1152, L=256 (reported as the table rows to use),
+   and the XL fused numbers again with the best tiles when they beat the table;
+4. optional whole-model steps (size S) when `methods` is importable and
+   time is left.
+
+Every section catches its own failures (tracebacks printed) so one broken part
+does not lose the rest. Prints PASS/FAIL lines for correctness and for the
+goals (fused fwd+bwd >= 1.5x faster than "official", <= 0.6x its extra peak
+memory, >= 60% of dense_linear throughput on the same N*k*L rows), a compact
+table last, and writes the JSON record to $OUT and to results/kernels/.
+
+Run: python -m kernels.gpu_check [--budget-s 280]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+from . import bench
+from .moe_torch import moe_linear_grouped
+
+REL_LIMITS = {torch.bfloat16: 1e-2, torch.float16: 5e-3, torch.float32: 1e-3}
+TENSORS = ("out", "dx", "dweight", "dbias", "dgates")
+
+
+def _log(msg: str) -> None:
+    print(f"[gpu_check {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _grads(fn, inp: dict, dtype) -> list[torch.Tensor]:
+    leaves = [inp[k].detach().to(dtype).clone().requires_grad_(True) for k in ("x", "w", "b", "g")]
+    out = fn(leaves[0], leaves[1], leaves[2], inp["idx"], leaves[3])
+    out.backward(inp["dy"].to(dtype))
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def check_correctness(device, deadline: float) -> list[dict]:
+    """Relative errors of triton (and, for context, the torch path) vs float64."""
+    import kernels
+
+    triton_fn = lambda *a: kernels.moe_linear(*a, backend="triton")  # noqa: E731
+    torch_fn = lambda *a: kernels.moe_linear(*a, backend="torch")  # noqa: E731
+    # Most important first: the time budget may cut the tail of this list.
+    plan = [(torch.bfloat16, "XL", 256), (torch.bfloat16, "XL", 256, "shared"), (torch.bfloat16, "S", 256),
+            (torch.float32, "XL", 256), (torch.float16, "XL", 256)]
+    plan += [(torch.bfloat16, s, seq) for s in bench.SIZES for seq in bench.SEQS if (s, seq) not in
+             (("XL", 256), ("S", 256))]
+    plan += [(dt, s, seq) for dt in (torch.float32, torch.float16) for s in ("S", "XL") for seq in bench.SEQS
+             if (s, seq) != ("XL", 256)]
+    rows = []
+    for item in plan:
+        dtype, size, seq = item[:3]
+        routing = item[3] if len(item) > 3 else "random"
+        shape = bench.Shape(size, bench.SIZES[size], seq, routing=routing)
+        if time.monotonic() > deadline:
+            rows.append({"dtype": str(dtype), "shape": shape.name, "error": "skipped: time budget"})
+            continue
+        try:
+            # Inputs are drawn in the test dtype, then upcast: the reference
+            # sees exactly the values the kernel sees.
+            inp = bench.make_inputs(shape, device, dtype, seed=1)
+            ref = _grads(moe_linear_grouped, inp, torch.float64)
+            got = _grads(triton_fn, inp, dtype)
+            again = _grads(triton_fn, inp, dtype)
+            plain = _grads(torch_fn, inp, dtype)
+            deterministic = all(torch.equal(a, b) for a, b in zip(got, again))
+            for name, g, p, r in zip(TENSORS, got, plain, ref):
+                denom = r.norm().item() or 1.0
+                rel = (g.double() - r).norm().item() / denom
+                rel_torch = (p.double() - r).norm().item() / denom
+                rows.append({"dtype": str(dtype).replace("torch.", ""), "shape": shape.name, "tensor": name,
+                             "rel_err": rel, "rel_err_torch_path": rel_torch, "limit": REL_LIMITS[dtype],
+                             "passed": bool(rel <= REL_LIMITS[dtype] and g.dtype == dtype),
+                             "deterministic": deterministic})
+            worst = max(r["rel_err"] for r in rows[-len(TENSORS):])
+            _log(f"correctness {str(dtype):<15} {shape.name:<30} worst rel err {worst:.2e} "
+                 f"deterministic={deterministic}")
+            del inp, ref, got, again, plain
+        except Exception as exc:
+            traceback.print_exc()
+            rows.append({"dtype": str(dtype), "shape": shape.name, "error": f"{type(exc).__name__}: {exc}",
+                         "passed": False})
+        torch.cuda.empty_cache()
+    return rows
+
+
+# Sweep candidates: all compile without register spills for sm_90 at D=1152
+# (python -m kernels.compile_check, with the tiles overridden).
+MM_CANDIDATES = [  # (BM, BN, BK, warps, stages, swap_ab)
+    (128, 128, 64, 8, 3, True), (128, 128, 64, 8, 3, False), (128, 64, 64, 4, 4, True),
+    (128, 64, 64, 4, 4, False), (256, 128, 64, 8, 3, True), (256, 128, 64, 8, 3, False),
+    (128, 256, 64, 8, 3, True), (128, 128, 32, 4, 4, True),
+]
+GRAD_CANDIDATES = [  # (BI, BO, BL, warps, stages, split or None for automatic)
+    (128, 128, 64, 8, 3, None), (128, 128, 64, 8, 3, 2), (128, 128, 64, 8, 2, None),
+    (128, 128, 32, 8, 4, None), (128, 64, 64, 8, 3, None), (64, 64, 64, 4, 3, None),
+]
+
+
+def tile_sweep(device, deadline: float) -> dict:
+    """Time forward, dx and the expert-gradient kernel over a few tile configs at XL."""
+    import triton.testing
+
+    from . import moe_triton as mt
+
+    shape = bench.Shape("XL", bench.SIZES["XL"], 256)
+    inp = bench.make_inputs(shape, device, torch.bfloat16)
+    x, w, b, idx, g, dy = (inp[k] for k in ("x", "w", "b", "idx", "g", "dy"))
+    timer = lambda fn: float(triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median"))  # noqa: E731
+    out = {"shape": shape.name, "mm": [], "grad": []}
+    default_mm = mt.mm_tiles(shape.seq, shape.d, shape.d)
+    default_grad = mt.grad_tiles(shape.seq, shape.d, shape.d)
+    out["default_mm"], out["default_grad"] = repr(default_mm), repr(default_grad)
+    for cand in MM_CANDIDATES:
+        if time.monotonic() > deadline:
+            break
+        tiles = mt.MMTiles(*cand)
+        row = {"tiles": repr(tiles)}
+        try:
+            with mt.override_tiles(mm=tiles):
+                row["fwd_ms"] = timer(lambda: mt.moe_linear_fused(x, w, b, idx, g))
+                row["dx_ms"] = timer(lambda: mt.moe_linear_fused_backward(dy, x, w, b, idx, g, True, False))
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        out["mm"].append(row)
+        _log(f"sweep mm   {row}")
+    for cand in GRAD_CANDIDATES:
+        if time.monotonic() > deadline:
+            break
+        tiles = mt.GradTiles(*cand[:5])
+        row = {"tiles": repr(tiles), "split": cand[5]}
+        try:
+            with mt.override_tiles(grad=tiles, split=cand[5]):
+                row["dparams_ms"] = timer(lambda: mt.moe_linear_fused_backward(dy, x, w, b, idx, g, False, True))
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+        out["grad"].append(row)
+        _log(f"sweep grad {row}")
+    ok_mm = [r for r in out["mm"] if "fwd_ms" in r]
+    ok_grad = [r for r in out["grad"] if "dparams_ms" in r]
+    if ok_mm:
+        best = min(ok_mm, key=lambda r: r["fwd_ms"] + r["dx_ms"])
+        out["best_mm"] = best
+        out["best_mm_index"] = out["mm"].index(best)
+    if ok_grad:
+        best = min(ok_grad, key=lambda r: r["dparams_ms"])
+        out["best_grad"] = best
+        out["best_grad_index"] = out["grad"].index(best)
+    return out
+
+
+def tuned_rerun(device, sweep: dict, deadline: float) -> dict | None:
+    """Fused-kernel XL numbers with the sweep's best tiles (when not the table's)."""
+    from . import moe_triton as mt
+
+    if "best_mm_index" not in sweep or "best_grad_index" not in sweep or time.monotonic() > deadline:
+        return None
+    mm = mt.MMTiles(*MM_CANDIDATES[sweep["best_mm_index"]])
+    gc = GRAD_CANDIDATES[sweep["best_grad_index"]]
+    grad, split = mt.GradTiles(*gc[:5]), gc[5]
+    if repr(mm) == sweep["default_mm"] and repr(grad) == sweep["default_grad"] and split is None:
+        return {"note": "table tiles were already the best swept", "goals": []}
+    shapes = [bench.Shape("XL", bench.SIZES["XL"], 256, routing=r) for r in bench.ROUTINGS]
+    with mt.override_tiles(mm=mm, grad=grad, split=split):
+        rec = bench.run_benchmarks(device=device, dtype=torch.bfloat16, shapes=shapes, out_dir=None,
+                                   providers=["triton_fused"], verbose=False, deadline=deadline)
+    return {"mm": repr(mm), "grad": repr(grad), "split": split, "results": rec["results"]}
+
+
+def _merge_tuned_goals(record: dict, tuned: dict | None) -> list[dict]:
+    """Goals recomputed with the tuned fused numbers in place of the table's."""
+    if not tuned or "results" not in tuned:
+        return []
+    results = [r for r in record["results"] if r["provider"] != "triton_fused"] + tuned["results"]
+    names = sorted({r["shape"] for r in tuned["results"]})
+    return bench.evaluate_goals({**record, "results": results}, shape_names=names)
+
+
+def _compact_table(record: dict, correctness: list[dict], sweep: dict | None, tuned_goals: list[dict]) -> str:
+    lines = ["", "=" * 30 + " SUMMARY " + "=" * 30]
+    hw = record.get("hardware", {})
+    lines.append(f"device: {hw.get('device')}  torch {hw.get('torch')}  triton {hw.get('triton')}  "
+                 f"cuda {hw.get('cuda')}  commit {record.get('git_commit')}")
+    by_dtype: dict[str, list[dict]] = {}
+    for r in correctness:
+        by_dtype.setdefault(r["dtype"], []).append(r)
+    for dt, rows in by_dtype.items():
+        errs = [r for r in rows if "error" in r]
+        good = [r for r in rows if "rel_err" in r]
+        worst = max(good, key=lambda r: r["rel_err"] / r["limit"]) if good else None
+        passed = not errs and all(r["passed"] for r in good) and all(r["deterministic"] for r in good)
+        detail = (f"worst {worst['rel_err']:.2e} ({worst['tensor']} @ {worst['shape']}, limit {worst['limit']:.0e}; "
+                  f"torch path {worst['rel_err_torch_path']:.2e})") if worst else "no result"
+        lines.append(f"CORRECTNESS {'PASS' if passed else 'FAIL'} {dt:<9} {len(good)} checks, {len(errs)} errors, {detail}")
+    xl = [r for r in record.get("results", []) if r["shape"].startswith("XL-D1152-L256")]
+    if xl:
+        head = f"{'provider':<13} {'shape':<28} {'dir':<8} {'ms':>8} {'TFLOP/s':>8} {'%meas':>6} {'extraMB':>8}"
+        lines += ["", head, "-" * len(head)]
+        for r in xl:
+            if "median_ms" not in r:
+                lines.append(f"{r['provider']:<13} {r['shape']:<28} {r['direction']:<8} ERROR {r.get('error', '')[:50]}")
+                continue
+            pct = r.get("pct_measured_tflops") or r.get("pct_spec_tflops") or 0.0
+            extra = r.get("extra_mem_mb")
+            lines.append(f"{r['provider']:<13} {r['shape']:<28} {r['direction']:<8} {r['median_ms']:>8.3f} "
+                         f"{r['tflops']:>8.1f} {pct:>6.1f} {'-' if extra is None else str(round(extra)):>8}")
+    if sweep:
+        if "best_mm" in sweep:
+            lines.append(f"\nsweep best mm tiles  : {sweep['best_mm']}  (table: {sweep['default_mm']})")
+        if "best_grad" in sweep:
+            lines.append(f"sweep best grad tiles: {sweep['best_grad']}  (table: {sweep['default_grad']})")
+    lines.append("")
+    lines.append(bench.format_goals(record.get("goals", [])) or "GOAL ? no goals evaluated")
+    if tuned_goals:
+        lines.append("with the sweep's best tiles:")
+        lines.append(bench.format_goals(tuned_goals))
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kernels.gpu_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--budget-s", type=float, default=280.0, help="stop optional work after this many seconds")
+    parser.add_argument("--skip-sweep", action="store_true")
+    args = parser.parse_args(argv)
+    start = time.monotonic()
+    deadline = lambda frac: start + frac * args.budget_s  # noqa: E731
+    if not torch.cuda.is_available():
+        print("gpu_check needs a CUDA device; none is visible", file=sys.stderr)
+        return 2
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = False  # the float64/fp32 references must not use tf32
+    _log(f"device {torch.cuda.get_device_name(device)}, torch {torch.__version__}")
+
+    correctness: list[dict] = []
+    try:
+        correctness = check_correctness(device, deadline(0.35))
+    except Exception:
+        traceback.print_exc()
+
+    record: dict = {}
+    try:
+        order = ["XL", "L", "B", "S"]
+        shapes = [bench.Shape(s, bench.SIZES[s], seq, routing=r)
+                  for s in order for seq in bench.SEQS for r in bench.ROUTINGS]
+        record = bench.run_benchmarks(device=device, dtype=torch.bfloat16, shapes=shapes, out_dir=None,
+                                      verbose=True, deadline=deadline(0.65))
+    except Exception:
+        traceback.print_exc()
+        record = {"results": [], "goals": [], "error": traceback.format_exc()}
+
+    sweep, tuned = None, None
+    if not args.skip_sweep:
+        try:
+            sweep = tile_sweep(device, deadline(0.85))
+            tuned = tuned_rerun(device, sweep, deadline(0.88))
+        except Exception:
+            traceback.print_exc()
+    tuned_goals = _merge_tuned_goals(record, tuned)
+
+    if time.monotonic() < deadline(0.80):
+        try:
+            record["whole_step"] = bench.whole_step_benchmarks(device, torch.bfloat16, sizes=("S",))
+        except Exception:
+            traceback.print_exc()
+
+    record.update(kind="kernel_gpu_check", correctness=correctness, tile_sweep=sweep, tuned=tuned,
+                  tuned_goals=tuned_goals, wall_s=time.monotonic() - start)
+    stamp = _dt.date.today().strftime("%Y%m%d")
+    name = f"{bench.device_slug(device)}-{stamp}.json"
+    for out_dir in (os.environ.get("OUT"), "results/kernels"):
+        if not out_dir:
+            continue
+        try:
+            _log(f"wrote {bench.write_json_atomic(record, os.path.join(out_dir, name))}")
+        except Exception:
+            traceback.print_exc()
+    print(_compact_table(record, correctness, sweep, tuned_goals), flush=True)
+    ok = correctness and all(r.get("passed") for r in correctness)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

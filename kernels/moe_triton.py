@@ -1,0 +1,512 @@
+"""Fused Triton kernels for the Switch-DiT expert linear (forward and backward).
+
+Computes, for sample n with experts e_j = expert_idx[n, j] and gates g_j,
+
+    out[n] = sum_j g_j * (x[n] @ W[e_j] + b[e_j])                               (1)
+
+(Park et al. 2024, arXiv 2403.09176, Sec. 3.2). Switch-DiT routes by timestep,
+so a routing decision covers all L tokens of a sample. That makes (1) a
+grouped GEMM in the sense of ScatterMoE (arXiv 2403.08245, Sec. 3) whose
+groups are whole samples, and, because each expert is one linear map, (1) is
+linear in the weights:
+
+    out[n] = x[n] @ Wmix[n] + bmix[n],  Wmix[n] = sum_j g_j W[e_j],
+                                        bmix[n] = sum_j g_j b[e_j]              (2)
+
+Kernels (one launch per pass, no gathered copy of x, no atomics, so results
+are bitwise deterministic for a given tile table):
+
+* `_mixed_linear_kernel` (forward and dx). One program per (sample, row tile,
+  column tile); it walks K, loads the tile of x and the k expert tiles of W,
+  mixes the expert tiles with the gates in fp32 registers and issues a single
+  tensor-core dot. Compared with k separate expert GEMMs this does 1/k of the
+  MACs; the mixing is k*BK*BN FMAs per BM*BK*BN MACs. dx uses the same kernel
+  with W read transposed: dx[n] = dy[n] @ Wmix[n]^T.
+* `_expert_grad_kernel` (dweight, dbias, dgates). One program per (expert,
+  D_in x D_out tile, sample split); it walks the samples routed to its expert
+  and forms G_n = x[n]^T dy[n] on its tile with fp32 dots over the L tokens:
+      dW[e]     += g * G_n
+      dgates    ~  <W[e], G_n>_F + <b[e], sum_l dy[n, l]>   (since
+                   d out[n] / d g_j = x[n] @ W[e_j] + b[e_j])
+      db[e]     += g * sum_l dy[n, l]
+  The dgates terms are per-tile partial sums written to a (tiles, N*k) buffer
+  and summed afterwards, which keeps the reduction order fixed.
+
+Work per forward+backward: N*L*D_in*D_out MACs forward, the same for dx and
+k*N*L*D_in*D_out for dW, against 3*k*N*L*D_in*D_out for per-expert GEMMs;
+forward is one launch, backward two plus small fixed-order reductions.
+
+Accumulation is fp32; inputs are fp32 (tf32 dots on GPU), fp16 or bf16.
+Tile sizes come from a small table keyed by D (no multi-config autotune: it
+cannot run under TRITON_INTERPRET=1); kernels/compile_check.py compiles the
+table's launches for sm_90 on a CPU to check for spills. The op is a
+`torch.library.custom_op` with a fake implementation and an autograd formula,
+so torch.compile can trace a model that calls it.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from dataclasses import dataclass, replace
+
+import torch
+import triton
+import triton.language as tl
+
+# Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when this
+# module is imported; remember what it saw so the CPU check below is truthful.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+# --------------------------------------------------------------------------
+# kernels
+# --------------------------------------------------------------------------
+@triton.jit
+def _gate(g_ptr, idx_ptr, n, j, TOPK: tl.constexpr):
+    """(expert index, fp32 gate) of slot j of sample n."""
+    e = tl.load(idx_ptr + n * TOPK + j)
+    g = tl.load(g_ptr + n * TOPK + j).to(tl.float32)
+    return e, g
+
+
+@triton.jit
+def _mixed_linear_kernel(
+    a_ptr, w_ptr, b_ptr, idx_ptr, g_ptr, out_ptr,
+    L, K, NOUT,
+    stride_we, stride_wk, stride_wn,
+    HAS_BIAS: tl.constexpr, TOPK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
+):
+    """out[n, m-tile, o-tile] = a[n] @ Wmix[n] (+ bmix[n]), eq. (2).
+
+    a is (N, L, K) contiguous; W[e] is addressed through (stride_wk,
+    stride_wn) so the same code reads W (forward) or W^T (dx). With SWAP_AB
+    the tile is computed transposed, out^T = Wmix^T @ a^T, which lets the
+    register-mixed weights be the left dot operand.
+    """
+    pid = tl.program_id(0)
+    n = tl.cast(tl.program_id(1), tl.int64)
+    num_pid_n = tl.cdiv(NOUT, BLOCK_N)
+    pid_m = pid // num_pid_n
+    pid_n = pid % num_pid_n
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < L
+    n_ok = rn < NOUT
+    a_base = a_ptr + n * L * K
+
+    # Orientation of the tiles: [M, K] x [K, N] or, swapped, [N, K] x [K, M].
+    if SWAP_AB:
+        a_offs = rm[None, :] * K + rk[:, None]
+        w_offs = rn[:, None] * stride_wn + rk[None, :] * stride_wk
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        a_offs = rm[:, None] * K + rk[None, :]
+        w_offs = rk[:, None] * stride_wk + rn[None, :] * stride_wn
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    for k0 in range(0, K, BLOCK_K):
+        k_ok = (k0 + rk) < K
+        if SWAP_AB:
+            a_mask = m_ok[None, :] & k_ok[:, None]
+            w_mask = n_ok[:, None] & k_ok[None, :]
+        else:
+            a_mask = m_ok[:, None] & k_ok[None, :]
+            w_mask = k_ok[:, None] & n_ok[None, :]
+        if EVEN_K:
+            # K is a multiple of BLOCK_K: only the row/column edges need masks.
+            if SWAP_AB:
+                a_mask = m_ok[None, :]
+                w_mask = n_ok[:, None]
+            else:
+                a_mask = m_ok[:, None]
+                w_mask = n_ok[None, :]
+        a = tl.load(a_base + a_offs + k0, mask=a_mask, other=0.0)
+        w_k = w_ptr + k0 * stride_wk
+        if TOPK == 1:
+            # One expert: dot with W directly, the gate scales the result.
+            e0, _g0 = _gate(g_ptr, idx_ptr, n, 0, TOPK)
+            w = tl.load(w_k + e0 * stride_we + w_offs, mask=w_mask, other=0.0)
+        else:
+            wmix = tl.zeros(w_offs.shape, dtype=tl.float32)
+            for j in tl.static_range(TOPK):
+                e, g = _gate(g_ptr, idx_ptr, n, j, TOPK)
+                wj = tl.load(w_k + e * stride_we + w_offs, mask=w_mask, other=0.0)
+                wmix += g * wj.to(tl.float32)
+            w = wmix.to(a.dtype)
+        if SWAP_AB:
+            acc = tl.dot(w, a, acc)
+        else:
+            acc = tl.dot(a, w, acc)
+
+    if TOPK == 1:
+        _e0, g0 = _gate(g_ptr, idx_ptr, n, 0, TOPK)
+        acc = acc * g0
+    if HAS_BIAS:
+        bmix = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for j in tl.static_range(TOPK):
+            e, g = _gate(g_ptr, idx_ptr, n, j, TOPK)
+            bmix += g * tl.load(b_ptr + e * NOUT + rn, mask=n_ok, other=0.0).to(tl.float32)
+        if SWAP_AB:
+            acc = acc + bmix[:, None]
+        else:
+            acc = acc + bmix[None, :]
+
+    out_base = out_ptr + n * L * NOUT
+    if SWAP_AB:
+        tl.store(out_base + rm[None, :] * NOUT + rn[:, None], acc, mask=n_ok[:, None] & m_ok[None, :])
+    else:
+        tl.store(out_base + rm[:, None] * NOUT + rn[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit
+def _expert_grad_kernel(
+    x_ptr, dy_ptr, w_ptr, b_ptr, idx_ptr, g_ptr,
+    dw_ptr, db_ptr, dgp_ptr,
+    N, L, DIN, DOUT, SPLIT,
+    TOPK: tl.constexpr,
+    BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_L: tl.constexpr, EVEN: tl.constexpr,
+):
+    """dW, db and per-tile dgates partials for one expert and one (D_in, D_out) tile.
+
+    Program (tile, e, s) visits samples s, s+SPLIT, ... and, for each slot
+    routed to e, reduces G_n = x[n]^T dy[n] over the L tokens. Outputs go to
+    split-indexed buffers (dw: (SPLIT, E, DIN, DOUT), db: (SPLIT, E, DOUT),
+    dgp: (tiles, N*TOPK)); every element has exactly one writer.
+    """
+    pid_t = tl.program_id(0)
+    e = tl.program_id(1)
+    s = tl.program_id(2)
+    num_e = tl.num_programs(1)
+    num_o = tl.cdiv(DOUT, BLOCK_O)
+    pid_i = pid_t // num_o
+    pid_o = pid_t % num_o
+    ri = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
+    ro = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    rl = tl.arange(0, BLOCK_L)
+    i_ok = ri < DIN
+    o_ok = ro < DOUT
+    tile_mask = i_ok[:, None] & o_ok[None, :]
+    e64 = tl.cast(e, tl.int64)
+
+    # Kept in the input dtype (half the registers of fp32) and widened per use.
+    w_tile = tl.load(w_ptr + e64 * DIN * DOUT + ri[:, None] * DOUT + ro[None, :], mask=tile_mask, other=0.0)
+    b_vec = tl.load(b_ptr + e64 * DOUT + ro, mask=o_ok, other=0.0).to(tl.float32)
+    acc = tl.zeros((BLOCK_I, BLOCK_O), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_O,), dtype=tl.float32)
+
+    for n in range(s, N, SPLIT):
+        for j in tl.static_range(TOPK):
+            ej, g = _gate(g_ptr, idx_ptr, n, j, TOPK)
+            if ej == e:
+                n64 = tl.cast(n, tl.int64)
+                x_base = x_ptr + n64 * L * DIN
+                dy_base = dy_ptr + n64 * L * DOUT
+                gn = tl.zeros((BLOCK_I, BLOCK_O), dtype=tl.float32)
+                dsum = tl.zeros((BLOCK_O,), dtype=tl.float32)
+                for l0 in range(0, L, BLOCK_L):
+                    ll = l0 + rl
+                    if EVEN:
+                        # Tiles divide L, D_in and D_out: unmasked loads keep
+                        # this kernel within the register file (no spills).
+                        xt = tl.load(x_base + ll[None, :] * DIN + ri[:, None])
+                        dyt = tl.load(dy_base + ll[:, None] * DOUT + ro[None, :])
+                    else:
+                        l_ok = ll < L
+                        xt = tl.load(x_base + ll[None, :] * DIN + ri[:, None],
+                                     mask=i_ok[:, None] & l_ok[None, :], other=0.0)
+                        dyt = tl.load(dy_base + ll[:, None] * DOUT + ro[None, :],
+                                      mask=l_ok[:, None] & o_ok[None, :], other=0.0)
+                    gn = tl.dot(xt, dyt, gn)
+                    dsum += tl.sum(dyt.to(tl.float32), axis=0)
+                acc += g * gn
+                part = tl.sum(tl.sum(gn * w_tile.to(tl.float32), axis=1), axis=0)
+                if pid_i == 0:
+                    # Bias terms once per column tile: the row-0 tile owns them.
+                    part += tl.sum(dsum * b_vec, axis=0)
+                    db_acc += g * dsum
+                tl.store(dgp_ptr + pid_t * (N * TOPK) + n * TOPK + j, part)
+
+    split_e = tl.cast(s, tl.int64) * num_e + e64
+    tl.store(dw_ptr + split_e * DIN * DOUT + ri[:, None] * DOUT + ro[None, :], acc, mask=tile_mask)
+    if pid_i == 0:
+        tl.store(db_ptr + split_e * DOUT + ro, db_acc, mask=o_ok)
+
+
+# --------------------------------------------------------------------------
+# tile tables (keyed by D; see module docstring for why not autotune)
+# --------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MMTiles:
+    block_m: int
+    block_n: int
+    block_k: int
+    num_warps: int
+    num_stages: int
+    swap_ab: bool = False
+
+
+@dataclass(frozen=True)
+class GradTiles:
+    block_i: int
+    block_o: int
+    block_l: int
+    num_warps: int
+    num_stages: int
+
+
+# (largest D the row applies to, tiles). GPU tiles keep every dim >= 16 and
+# BLOCK_K >= 16 so 16-bit tl.dot is legal on tensor cores.
+# swap_ab: the gate-mixed weight tile is built in registers; as the left dot
+# operand it can feed Hopper's wgmma from registers, while as the right one it
+# would take a round trip through shared memory every K step.
+MM_TABLE: tuple[tuple[float, MMTiles], ...] = (
+    (512, MMTiles(128, 64, 64, 4, 4, swap_ab=True)),
+    (math.inf, MMTiles(128, 128, 64, 8, 3, swap_ab=True)),
+)
+# Checked offline with kernels/compile_check.py (sm_90, bf16, L=256): every
+# entry compiles without register spills. The gradient kernel holds two fp32
+# accumulators (G_n and dW); 128x64 tiles give more programs when D is small.
+GRAD_TABLE: tuple[tuple[float, GradTiles], ...] = (
+    (512, GradTiles(128, 64, 64, 8, 3)),
+    (math.inf, GradTiles(128, 128, 64, 8, 3)),
+)
+_OVERRIDE: dict[str, object] = {}
+
+
+def _pow2_clamp(v: int, lo: int, hi: int) -> int:
+    return max(lo, min(hi, triton.next_power_of_2(max(int(v), 1))))
+
+
+def mm_tiles(seq: int, k: int, nout: int, itemsize: int = 2) -> MMTiles:
+    """Tiles for `_mixed_linear_kernel` with L=seq rows per sample."""
+    if "mm" in _OVERRIDE:
+        t = _OVERRIDE["mm"]
+    elif INTERPRET:
+        # The interpreter runs each program as numpy ops: few big tiles win.
+        return MMTiles(_pow2_clamp(seq, 16, 64), _pow2_clamp(nout, 16, 64), _pow2_clamp(k, 16, 64), 4, 1)
+    else:
+        t = next(tiles for limit, tiles in MM_TABLE if max(k, nout) <= limit)
+        if itemsize == 4:
+            # fp32 tiles take twice the shared memory per stage: halve K.
+            t = replace(t, block_k=max(16, t.block_k // 2))
+    # A tile never spans two samples, so rows beyond L are wasted work.
+    return replace(t, block_m=min(t.block_m, _pow2_clamp(seq, 16, t.block_m)))
+
+
+def grad_tiles(seq: int, din: int, dout: int, itemsize: int = 2) -> GradTiles:
+    """Tiles for `_expert_grad_kernel`."""
+    if "grad" in _OVERRIDE:
+        return _OVERRIDE["grad"]
+    if INTERPRET:
+        return GradTiles(_pow2_clamp(din, 16, 64), _pow2_clamp(dout, 16, 64), _pow2_clamp(seq, 16, 64), 4, 1)
+    t = next(tiles for limit, tiles in GRAD_TABLE if max(din, dout) <= limit)
+    if itemsize == 4:
+        t = replace(t, block_l=max(16, t.block_l // 2), num_stages=min(t.num_stages, 2))
+    return t
+
+
+@contextlib.contextmanager
+def override_tiles(mm: MMTiles | None = None, grad: GradTiles | None = None, split: int | None = None):
+    """Force tile choices (and the dW sample split) inside the block.
+
+    Used by the GPU tile sweep and by tests that need several tiles per
+    dimension or a split under the interpreter.
+    """
+    saved = dict(_OVERRIDE)
+    for key, value in (("mm", mm), ("grad", grad), ("split", split)):
+        if value is not None:
+            _OVERRIDE[key] = value
+    try:
+        yield
+    finally:
+        _OVERRIDE.clear()
+        _OVERRIDE.update(saved)
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+# --------------------------------------------------------------------------
+# launchers
+# --------------------------------------------------------------------------
+def _device_ctx(t: torch.Tensor):
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
+def _check_runnable(x: torch.Tensor) -> None:
+    if x.dtype not in TRITON_DTYPES:
+        raise TypeError(f"backend='triton' supports dtypes {[str(d) for d in TRITON_DTYPES]}, got {x.dtype}")
+    if not x.is_cuda and not INTERPRET:
+        raise ValueError(f"backend='triton' got tensors on {x.device}; it needs CUDA tensors, or "
+                         "TRITON_INTERPRET=1 set before importing kernels.moe_triton to run on CPU")
+
+
+@dataclass(frozen=True)
+class LaunchSpec:
+    """Everything one kernel launch needs; kernels/compile_check.py reuses it offline."""
+    kernel: object
+    grid: tuple
+    args: tuple
+    meta: dict  # constexpr arguments plus num_warps / num_stages
+
+    def launch(self) -> None:
+        self.kernel[self.grid](*self.args, **self.meta)
+
+
+def mixed_linear_spec(a, weight, bias, expert_idx, gates, out, *, transpose_w: bool) -> LaunchSpec:
+    """Launch of `_mixed_linear_kernel`: out = a @ Wmix (+ bmix), or a @ Wmix^T for dx."""
+    n, seq, k = a.shape
+    nout = out.shape[2]
+    t = mm_tiles(seq, k, nout, a.element_size())
+    s_e, s_in, s_out = weight.stride()
+    stride_wk, stride_wn = (s_out, s_in) if transpose_w else (s_in, s_out)
+    grid = (triton.cdiv(seq, t.block_m) * triton.cdiv(nout, t.block_n), n)
+    args = (a, weight, bias if bias is not None else weight, expert_idx, gates, out,
+            seq, k, nout, s_e, stride_wk, stride_wn)
+    meta = dict(HAS_BIAS=bias is not None, TOPK=expert_idx.shape[1],
+                BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
+                EVEN_K=k % t.block_k == 0, SWAP_AB=t.swap_ab,
+                num_warps=t.num_warps, num_stages=t.num_stages)
+    return LaunchSpec(_mixed_linear_kernel, grid, args, meta)
+
+
+def grad_plan(x, weight) -> tuple[GradTiles, int, int]:
+    """(tiles, number of (D_in, D_out) tiles, sample split) for the gradient kernel."""
+    n, seq, din = x.shape
+    e, _, dout = weight.shape
+    t = grad_tiles(seq, din, dout, x.element_size())
+    tiles = triton.cdiv(din, t.block_i) * triton.cdiv(dout, t.block_o)
+    # Split the samples over extra programs when tiles x experts alone cannot
+    # fill the GPU; the split partials are summed in a fixed order afterwards.
+    split = _OVERRIDE.get("split") or max(1, min(n, -(-_num_sms(x.device) // (tiles * e))))
+    return t, tiles, split
+
+
+def expert_grad_spec(x, dy, weight, bias, expert_idx, gates, dw_buf, db_buf, dgp,
+                     t: GradTiles, tiles: int, split: int) -> LaunchSpec:
+    """Launch of `_expert_grad_kernel` into the (split, E, ...) buffers."""
+    n, seq, din = x.shape
+    e, _, dout = weight.shape
+    args = (x, dy, weight, bias, expert_idx, gates, dw_buf, db_buf, dgp, n, seq, din, dout, split)
+    meta = dict(TOPK=expert_idx.shape[1], BLOCK_I=t.block_i, BLOCK_O=t.block_o, BLOCK_L=t.block_l,
+                EVEN=din % t.block_i == 0 and dout % t.block_o == 0 and seq % t.block_l == 0,
+                num_warps=t.num_warps, num_stages=t.num_stages)
+    return LaunchSpec(_expert_grad_kernel, (tiles, e, split), args, meta)
+
+
+def grad_buffers(x, weight, expert_idx, tiles: int, split: int):
+    """Output buffers of the gradient kernel: dW (split, E, D_in, D_out), db, dgates partials.
+
+    No buffer needs zeroing: every program stores its dW tile (zeros for an
+    expert no sample picked), the row-0 tiles store db, and each (tile,
+    sample, slot) partial is written by the one program owning that expert.
+    """
+    n, _, din = x.shape
+    e, _, dout = weight.shape
+    f32 = torch.float32
+    dw_buf = torch.empty((split, e, din, dout), dtype=weight.dtype if split == 1 else f32, device=x.device)
+    db_buf = torch.empty((split, e, dout), dtype=f32, device=x.device)
+    dgp = torch.empty((tiles, n * expert_idx.shape[1]), dtype=f32, device=x.device)
+    return dw_buf, db_buf, dgp
+
+
+def _launch_mixed(a, weight, bias, expert_idx, gates, *, transpose_w: bool) -> torch.Tensor:
+    n, seq, _ = a.shape
+    nout = weight.shape[1] if transpose_w else weight.shape[2]
+    out = torch.empty((n, seq, nout), dtype=a.dtype, device=a.device)
+    if out.numel() == 0:
+        return out
+    with _device_ctx(a):
+        mixed_linear_spec(a, weight, bias, expert_idx, gates, out, transpose_w=transpose_w).launch()
+    return out
+
+
+def _launch_expert_grads(x, dy, weight, bias, expert_idx, gates):
+    n, seq, _ = x.shape
+    topk = expert_idx.shape[1]
+    t, tiles, split = grad_plan(x, weight)
+    dw_buf, db_buf, dgp = grad_buffers(x, weight, expert_idx, tiles, split)
+    if n * seq > 0:
+        with _device_ctx(x):
+            expert_grad_spec(x, dy, weight, bias, expert_idx, gates, dw_buf, db_buf, dgp, t, tiles, split).launch()
+    else:
+        dw_buf.zero_()
+        db_buf.zero_()
+        dgp.zero_()
+    dw = dw_buf[0] if split == 1 else dw_buf.sum(0).to(weight.dtype)
+    db = (db_buf[0] if split == 1 else db_buf.sum(0)).to(bias.dtype)
+    dgates = dgp.sum(0).view(n, topk).to(gates.dtype)
+    return dw, db, dgates
+
+
+# --------------------------------------------------------------------------
+# torch.library ops
+# --------------------------------------------------------------------------
+@torch.library.custom_op("dit_bench::moe_linear", mutates_args=())
+def moe_linear_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                     expert_idx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+    """Forward of eq. (1) with `_mixed_linear_kernel` (inputs validated by the caller)."""
+    return _launch_mixed(x, weight, bias, expert_idx, gates, transpose_w=False)
+
+
+@moe_linear_fused.register_fake
+def _moe_linear_fused_fake(x, weight, bias, expert_idx, gates):
+    return x.new_empty((x.shape[0], x.shape[1], weight.shape[2]))
+
+
+@torch.library.custom_op("dit_bench::moe_linear_backward", mutates_args=())
+def moe_linear_fused_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                              bias: torch.Tensor, expert_idx: torch.Tensor, gates: torch.Tensor,
+                              need_dx: bool, need_dparams: bool
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dweight, dbias, dgates); the ones not asked for come back empty."""
+    dy = grad_out.contiguous()
+    if need_dx:
+        dx = _launch_mixed(dy, weight, None, expert_idx, gates, transpose_w=True)
+    else:
+        dx = x.new_empty((0,))
+    if need_dparams:
+        dw, db, dg = _launch_expert_grads(x, dy, weight, bias, expert_idx, gates)
+    else:
+        dw, db, dg = weight.new_empty((0,)), bias.new_empty((0,)), gates.new_empty((0,))
+    return dx, dw, db, dg
+
+
+@moe_linear_fused_backward.register_fake
+def _moe_linear_fused_backward_fake(grad_out, x, weight, bias, expert_idx, gates, need_dx, need_dparams):
+    dx = torch.empty_like(x) if need_dx else x.new_empty((0,))
+    if need_dparams:
+        return dx, torch.empty_like(weight), torch.empty_like(bias), torch.empty_like(gates)
+    return dx, weight.new_empty((0,)), bias.new_empty((0,)), gates.new_empty((0,))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, expert_idx, gates = inputs
+    ctx.save_for_backward(x, weight, bias, expert_idx, gates)
+
+
+def _backward(ctx, grad_out):
+    x, weight, bias, expert_idx, gates = ctx.saved_tensors
+    need = ctx.needs_input_grad
+    need_dparams = bool(need[1] or need[2] or need[4])
+    dx, dw, db, dg = moe_linear_fused_backward(grad_out, x, weight, bias, expert_idx, gates,
+                                               bool(need[0]), need_dparams)
+    return (dx if need[0] else None, dw if need[1] else None, db if need[2] else None,
+            None, dg if need[4] else None)
+
+
+moe_linear_fused.register_autograd(_backward, setup_context=_setup_context)
+
+
+def moe_linear_triton(x, weight, bias, expert_idx, gates):
+    """The "triton" backend of `kernels.moe_linear` (shape checks done by the caller)."""
+    _check_runnable(x)
+    return moe_linear_fused(x, weight, bias, expert_idx, gates)

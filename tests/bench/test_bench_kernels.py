@@ -1,0 +1,57 @@
+"""pytest-benchmark cases for the Switch-DiT expert linear (arXiv 2403.09176, Sec. 3.2).
+
+Marked `benchmark`, so the default test command (-m 'not benchmark') skips
+them; run with `python -m pytest tests/bench -m benchmark`. Providers and
+inputs come from kernels/bench.py; on GPU the shapes are the real S and XL
+ones, on CPU the --quick ones, and the fused Triton kernel only runs on GPU.
+Each case also checks its output against the plain-torch backend, so a fast
+but wrong provider fails.
+"""
+import pytest
+import torch
+
+from kernels import bench, moe_torch
+
+pytestmark = pytest.mark.benchmark
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+DTYPE = torch.bfloat16 if CUDA else torch.float32
+SHAPES = ([bench.Shape(s, bench.SIZES[s], 256, routing=r) for s in ("S", "XL") for r in bench.ROUTINGS] if CUDA
+          else bench.default_shapes(quick=True)[:2])
+
+
+def _sync():
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+@pytest.mark.parametrize("direction", bench.DIRECTIONS)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
+@pytest.mark.parametrize("provider", sorted(bench.PROVIDERS))
+def test_bench_moe_linear(benchmark, provider, shape, direction):
+    build, available = bench.PROVIDERS[provider]
+    ok, reason = available(DEVICE, DTYPE, False)
+    if not ok:
+        pytest.skip(reason)
+    inp = bench.make_inputs(shape, DEVICE, DTYPE)
+    call, leaves, dy = build(inp)
+    if provider != "dense_linear":
+        with torch.no_grad():
+            want = moe_torch.moe_linear_grouped(inp["x"], inp["w"], inp["b"], inp["idx"], inp["g"]).float()
+            got = call().float()
+        tol = 3e-2 if DTYPE == torch.bfloat16 else 1e-4
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol * want.abs().max().item())
+
+    def run():
+        if direction == "fwd":
+            with torch.no_grad():
+                call()
+        else:
+            for t in leaves:
+                t.grad = None
+            call().backward(dy)
+        _sync()
+
+    benchmark.extra_info.update(shape=shape.name, direction=direction, dtype=str(DTYPE),
+                                nominal_flops=bench.nominal_flops(shape, direction))
+    benchmark.pedantic(run, rounds=5, warmup_rounds=1)

@@ -1,0 +1,188 @@
+"""kernels.moe_linear: plain-torch path, baselines, input validation, compile.
+
+Every result is checked against a per-sample loop written here, in float64:
+out[n] = sum_j g[n, j] * (x[n] @ W[idx[n, j]] + b[idx[n, j]])
+(Switch-DiT expert layer, arXiv 2403.09176, Sec. 3.2).
+"""
+import pytest
+import torch
+
+import kernels
+from kernels import moe_baselines, moe_torch
+
+torch.set_num_threads(2)
+
+
+def naive_moe(x, w, b, idx, g):
+    """Independent reference: loop over samples and slots."""
+    rows = []
+    for n in range(x.shape[0]):
+        acc = torch.zeros(x.shape[1], w.shape[2], dtype=x.dtype)
+        for j in range(idx.shape[1]):
+            e = int(idx[n, j])
+            acc = acc + g[n, j] * (x[n] @ w[e] + b[e])
+        rows.append(acc)
+    return torch.stack(rows)
+
+
+def make_case(n, seq, din, dout, e, k, dtype=torch.float32, routing="random", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, seq, din, generator=gen)
+    w = torch.randn(e, din, dout, generator=gen) / din ** 0.5
+    b = torch.randn(e, dout, generator=gen) * 0.5
+    if routing == "random":
+        idx = torch.stack([torch.randperm(e, generator=gen)[:k] for _ in range(n)])
+    elif routing == "shared":  # every sample has the same timestep -> same experts
+        idx = torch.arange(0, 2 * k, 2)[None, :].remainder(e).repeat(n, 1)
+    elif routing == "duplicate":  # one expert listed twice: both gates count
+        idx = torch.zeros(n, k, dtype=torch.int64)
+    else:
+        raise AssertionError(routing)
+    g = torch.softmax(torch.randn(n, k, generator=gen), dim=1)
+    return [t.to(dtype) for t in (x, w, b)] + [idx, g.to(dtype)]
+
+
+def grads_of(fn, x, w, b, idx, g, dy):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b, g)]
+    y = fn(leaves[0], leaves[1], leaves[2], idx, leaves[3])
+    y.backward(dy)
+    return [y.detach()] + [t.grad for t in leaves]
+
+
+def reference(x, w, b, idx, g, dy):
+    d = torch.float64
+    return grads_of(naive_moe, x.to(d), w.to(d), b.to(d), idx, g.to(d), dy.to(d))
+
+
+def assert_all_close(got, want, rel):
+    names = ["out", "dx", "dweight", "dbias", "dgates"]
+    for name, a, r in zip(names, got, want):
+        scale = r.abs().max().item() + 1e-12
+        torch.testing.assert_close(a.to(torch.float64), r, rtol=rel, atol=rel * scale, msg=lambda m: f"{name}: {m}")
+
+
+SHAPES = [  # (N, L, D_in, D_out, E, k)
+    (3, 5, 12, 20, 3, 2),
+    (4, 8, 32, 32, 3, 2),
+    (2, 7, 16, 24, 4, 1),
+    (3, 4, 20, 16, 3, 3),
+]
+VARIANTS = {
+    "mixed": moe_torch.moe_linear_mixed,
+    "grouped": moe_torch.moe_linear_grouped,
+    "public": lambda *a: kernels.moe_linear(*a, backend="torch"),
+    "official": moe_baselines.moe_linear_official,
+    "grouped_mm": moe_baselines.moe_linear_grouped_mm,
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_torch_paths_match_naive_loop_fp32(shape, variant):
+    case = make_case(*shape)
+    dy = torch.randn(shape[0], shape[1], shape[3], generator=torch.Generator().manual_seed(1))
+    assert_all_close(grads_of(VARIANTS[variant], *case, dy), reference(*case, dy), rel=2e-5)
+
+
+@pytest.mark.parametrize("routing", ["shared", "duplicate"])
+@pytest.mark.parametrize("variant", ["mixed", "grouped", "official"])
+def test_torch_paths_special_routings(routing, variant):
+    # "shared" with E=4, k=2 leaves experts 1 and 3 without any row.
+    case = make_case(5, 6, 12, 12, 4, 2, routing=routing)
+    dy = torch.randn(5, 6, 12)
+    got = grads_of(VARIANTS[variant], *case, dy)
+    assert_all_close(got, reference(*case, dy), rel=2e-5)
+    unused = sorted(set(range(4)) - set(case[3].flatten().tolist()))
+    assert unused, "routing should leave an expert unused"
+    assert torch.count_nonzero(got[2][unused]) == 0 and torch.count_nonzero(got[3][unused]) == 0
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_torch_path_fp16(direction):
+    case = make_case(3, 8, 32, 24, 3, 2, dtype=torch.float16)
+    dy = torch.randn(3, 8, 24).half()
+    want = reference(*case, dy)
+    if direction == "forward":
+        with torch.no_grad():
+            out = kernels.moe_linear(*case, backend="torch")
+        assert out.dtype == torch.float16
+        torch.testing.assert_close(out.double(), want[0], rtol=1e-2, atol=1e-2 * want[0].abs().max().item())
+    else:
+        assert_all_close(grads_of(lambda *a: kernels.moe_linear(*a, backend="torch"), *case, dy), want, rel=1e-2)
+
+
+def test_autocast_runs_in_autocast_dtype():
+    x, w, b, idx, g = make_case(2, 4, 16, 16, 3, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = kernels.moe_linear(x, w, b, idx, g, backend="torch")
+    assert out.dtype == torch.bfloat16
+    want = naive_moe(*(t.double() for t in (x, w, b)), idx, g.double())
+    torch.testing.assert_close(out.double(), want, rtol=3e-2, atol=3e-2 * want.abs().max().item())
+
+
+def test_auto_backend_picks_torch_on_cpu():
+    x = torch.zeros(1, 1, 1)
+    assert kernels.resolve_backend("auto", x) == "torch"
+    assert kernels.resolve_backend("triton", x) == "triton"
+
+
+def test_empty_batch():
+    x, w, b, idx, g = make_case(2, 3, 8, 8, 3, 2)
+    out = kernels.moe_linear(x[:0], w, b, idx[:0], g[:0], backend="torch")
+    assert out.shape == (0, 3, 8)
+
+
+def test_compile_traces_torch_path():
+    x, w, b, idx, g = make_case(3, 5, 12, 20, 3, 2)
+    fn = lambda *a: kernels.moe_linear(*a, backend="torch")  # noqa: E731
+    compiled = torch.compile(fn, backend="aot_eager", fullgraph=True)
+    dy = torch.randn(3, 5, 20)
+    assert_all_close(grads_of(compiled, x, w, b, idx, g, dy), reference(x, w, b, idx, g, dy), rel=2e-5)
+
+
+# -------------------------------------------------------------- bad inputs
+def _good():
+    return make_case(2, 3, 4, 5, 3, 2)
+
+
+def _replace(i, value):
+    args = _good()
+    args[i] = value(args) if callable(value) else value
+    return args
+
+
+BAD_INPUTS = {
+    "x not a tensor": (lambda: _replace(0, [[1.0]]), TypeError, "x must be a torch.Tensor"),
+    "x wrong rank": (lambda: _replace(0, torch.zeros(6, 4)), ValueError, "x must have rank 3"),
+    "x non-contiguous": (lambda: _replace(0, lambda a: a[0].transpose(0, 1).contiguous().transpose(0, 1)),
+                         ValueError, "x must be contiguous"),
+    "x integer": (lambda: _replace(0, torch.zeros(2, 3, 4, dtype=torch.int32)), TypeError, "x dtype must be one of"),
+    "weight dtype mismatch": (lambda: _replace(1, lambda a: a[1].half()), TypeError, "weight dtype torch.float16"),
+    "gates dtype mismatch": (lambda: _replace(4, lambda a: a[4].double()), TypeError, "gates dtype torch.float64"),
+    "weight on other device": (lambda: _replace(1, lambda a: a[1].to("meta")), ValueError, "weight is on meta"),
+    "weight D_in mismatch": (lambda: _replace(1, torch.zeros(3, 7, 5)), ValueError, "has D_in=7"),
+    "bias wrong shape": (lambda: _replace(2, torch.zeros(3, 6)), ValueError, "bias shape (3, 6)"),
+    "idx int32": (lambda: _replace(3, lambda a: a[3].int()), TypeError, "expert_idx must be torch.int64"),
+    "idx wrong batch": (lambda: _replace(3, torch.zeros(3, 2, dtype=torch.int64)), ValueError, "expert_idx shape (3, 2)"),
+    "k larger than E": (lambda: _replace(3, torch.zeros(2, 4, dtype=torch.int64)), ValueError, "k=4"),
+    "idx too large": (lambda: _replace(3, torch.tensor([[0, 3], [1, 2]])), ValueError, "contains 3; valid expert indices are in [0, 3)"),
+    "idx negative": (lambda: _replace(3, torch.tensor([[0, -1], [1, 2]])), ValueError, "contains -1"),
+    "gates wrong shape": (lambda: _replace(4, torch.zeros(2, 3)), ValueError, "gates shape (2, 3)"),
+    "gates wrong rank": (lambda: _replace(4, torch.zeros(2)), ValueError, "gates must have rank 2"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_INPUTS))
+@pytest.mark.parametrize("backend", ["torch", "triton", "auto"])
+def test_bad_inputs_raise_one_line_errors(name, backend):
+    build, exc, fragment = BAD_INPUTS[name]
+    with pytest.raises(exc) as info:
+        kernels.moe_linear(*build(), backend=backend)
+    msg = str(info.value)
+    assert fragment in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("backend", ["cuda", "", None, "Torch"])
+def test_unknown_backend(backend):
+    with pytest.raises(ValueError, match="unknown backend .*valid backends are"):
+        kernels.moe_linear(*_good(), backend=backend)

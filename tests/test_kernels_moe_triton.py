@@ -1,0 +1,179 @@
+"""The fused Triton MoE expert linear (kernels/moe_triton.py).
+
+On CPU the kernels run under TRITON_INTERPRET=1 (set by the root conftest), so
+shapes are tiny. Each result is compared with a float64 per-sample loop
+written here, out[n] = sum_j g[n, j] (x[n] @ W[idx[n, j]] + b[idx[n, j]])
+(arXiv 2403.09176, Sec. 3.2), and with the plain-torch backend.
+"""
+import pytest
+import torch
+
+import kernels
+
+torch.set_num_threads(2)
+CUDA = torch.cuda.is_available()
+DEVICE = "cuda" if CUDA else "cpu"
+
+
+def naive_moe(x, w, b, idx, g):
+    rows = []
+    for n in range(x.shape[0]):
+        acc = torch.zeros(x.shape[1], w.shape[2], dtype=x.dtype, device=x.device)
+        for j in range(idx.shape[1]):
+            e = int(idx[n, j])
+            acc = acc + g[n, j] * (x[n] @ w[e] + b[e])
+        rows.append(acc)
+    return torch.stack(rows)
+
+
+def make_case(n, seq, din, dout, e, k, dtype=torch.float32, routing="random", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, seq, din, generator=gen)
+    w = torch.randn(e, din, dout, generator=gen) / din ** 0.5
+    b = torch.randn(e, dout, generator=gen) * 0.5
+    if routing == "random":
+        idx = torch.stack([torch.randperm(e, generator=gen)[:k] for _ in range(n)])
+    elif routing == "shared":  # one timestep for the batch: every sample, same experts
+        idx = torch.arange(0, 2 * k, 2)[None, :].remainder(e).repeat(n, 1)
+    elif routing == "duplicate":
+        idx = torch.full((n, k), e - 1, dtype=torch.int64)
+    else:
+        raise AssertionError(routing)
+    g = torch.softmax(torch.randn(n, k, generator=gen), dim=1)
+    return [t.to(dtype).to(DEVICE) for t in (x, w, b)] + [idx.to(DEVICE), g.to(dtype).to(DEVICE)]
+
+
+def run(fn, x, w, b, idx, g, dy=None):
+    """out and, when dy is given, (dx, dW, db, dgates)."""
+    if dy is None:
+        with torch.no_grad():
+            return [fn(x, w, b, idx, g)]
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b, g)]
+    y = fn(leaves[0], leaves[1], leaves[2], idx, leaves[3])
+    y.backward(dy)
+    return [y.detach()] + [t.grad for t in leaves]
+
+
+def triton_fn(*a):
+    return kernels.moe_linear(*a, backend="triton")
+
+
+def torch_fn(*a):
+    return kernels.moe_linear(*a, backend="torch")
+
+
+def check(got, want, rel):
+    for name, a, r in zip(["out", "dx", "dweight", "dbias", "dgates"], got, want):
+        assert a.dtype == r.dtype or r.dtype == torch.float64, name
+        scale = r.abs().max().item() + 1e-12
+        torch.testing.assert_close(a.to(torch.float64), r.to(torch.float64), rtol=rel, atol=rel * scale,
+                                   msg=lambda m: f"{name}: {m}")
+
+
+# fp32 is exact under the interpreter but uses tf32 tensor-core dots on GPU.
+TOL = {torch.float32: 2e-3 if CUDA else 1e-4, torch.float16: 1e-2, torch.bfloat16: 2e-2}
+SHAPES = [  # (N, L, D_in, D_out, E, k): ragged tiles, even tiles, k = 1, k = E
+    (3, 5, 12, 20, 3, 2),
+    (4, 8, 32, 32, 3, 2),
+    (2, 7, 16, 24, 4, 1),
+    (3, 4, 20, 16, 3, 3),
+]
+
+
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+def test_triton_matches_naive_and_torch(shape, dtype, direction):
+    case = make_case(*shape, dtype=dtype)
+    dy = None
+    if direction == "backward":
+        dy = torch.randn(shape[0], shape[1], shape[3], generator=torch.Generator().manual_seed(1)).to(dtype).to(DEVICE)
+    got = run(triton_fn, *case, dy=dy)
+    assert got[0].dtype == dtype and got[0].shape == (shape[0], shape[1], shape[3])
+    d = torch.float64
+    want = run(naive_moe, *(t.to(d) for t in case[:3]), case[3], case[4].to(d), dy=None if dy is None else dy.to(d))
+    check(got, want, TOL[dtype])
+    check(got, run(torch_fn, *case, dy=dy), 2 * TOL[dtype])
+
+
+@pytest.mark.parametrize("routing", ["shared", "duplicate"])
+def test_triton_special_routings_and_idle_experts(routing):
+    # E=4, k=2: "shared" routes every sample to experts (0, 2) and "duplicate"
+    # lists expert 3 twice, so other experts get no rows and zero gradients.
+    case = make_case(5, 6, 12, 20, 4, 2, routing=routing)
+    dy = torch.randn(5, 6, 20).to(DEVICE)
+    got = run(triton_fn, *case, dy=dy)
+    d = torch.float64
+    check(got, run(naive_moe, *(t.to(d) for t in case[:3]), case[3], case[4].to(d), dy=dy.to(d)), TOL[torch.float32])
+    unused = sorted(set(range(4)) - set(case[3].flatten().tolist()))
+    assert len(unused) >= 2
+    assert torch.count_nonzero(got[2][unused]) == 0 and torch.count_nonzero(got[3][unused]) == 0
+
+
+def test_triton_is_deterministic():
+    case = make_case(3, 5, 12, 20, 3, 2)
+    dy = torch.randn(3, 5, 20).to(DEVICE)
+    first, second = run(triton_fn, *case, dy=dy), run(triton_fn, *case, dy=dy)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+def test_triton_only_requested_grads():
+    x, w, b, idx, g = make_case(2, 4, 16, 16, 3, 2)
+    w = w.clone().requires_grad_(True)
+    triton_fn(x, w, b, idx, g).sum().backward()
+    ones = torch.ones(2, 4, 16, dtype=torch.float64, device=DEVICE)
+    want = run(naive_moe, *(t.double() for t in (x, w.detach(), b)), idx, g.double(), dy=ones)
+    tol = TOL[torch.float32]
+    torch.testing.assert_close(w.grad.double(), want[2], rtol=tol, atol=tol * want[2].abs().max().item())
+
+
+def test_compile_traces_triton_op():
+    case = make_case(3, 5, 12, 20, 3, 2)
+    compiled = torch.compile(triton_fn, backend="aot_eager", fullgraph=True)
+    dy = torch.randn(3, 5, 20).to(DEVICE)
+    check(run(compiled, *case, dy=dy), run(torch_fn, *case, dy=dy), 2 * TOL[torch.float32])
+
+
+def test_fake_impl_gives_shapes():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from kernels.moe_triton import moe_linear_fused, moe_linear_fused_backward
+
+    with FakeTensorMode():
+        x, w, b = torch.empty(2, 5, 8), torch.empty(3, 8, 6), torch.empty(3, 6)
+        idx, g = torch.zeros(2, 2, dtype=torch.int64), torch.empty(2, 2)
+        assert moe_linear_fused(x, w, b, idx, g).shape == (2, 5, 6)
+        grads = moe_linear_fused_backward(torch.empty(2, 5, 6), x, w, b, idx, g, True, True)
+        assert [tuple(t.shape) for t in grads] == [(2, 5, 8), (3, 8, 6), (3, 6), (2, 2)]
+
+
+def test_triton_rejects_float64():
+    x, w, b, idx, g = make_case(2, 3, 4, 5, 3, 2, dtype=torch.float64)
+    with pytest.raises(TypeError, match="backend='triton' supports dtypes"):
+        triton_fn(x, w, b, idx, g)
+
+
+@pytest.mark.skipif(not CUDA, reason="bf16 tl.dot is not exact under the Triton interpreter; bf16 runs on GPU only")
+@pytest.mark.parametrize("direction", ["forward", "backward"])
+def test_triton_bf16_gpu(direction):
+    shape = (4, 64, 64, 64, 3, 2)
+    case = make_case(*shape, dtype=torch.bfloat16)
+    dy = torch.randn(4, 64, 64, device=DEVICE, dtype=torch.bfloat16) if direction == "backward" else None
+    d = torch.float64
+    want = run(naive_moe, *(t.to(d) for t in case[:3]), case[3], case[4].to(d), dy=None if dy is None else dy.to(d))
+    check(run(triton_fn, *case, dy=dy), want, TOL[torch.bfloat16])
+
+
+@pytest.mark.parametrize("swap_ab", [False, True])
+def test_triton_many_tiles_and_sample_split(swap_ab):
+    # 16-wide tiles give several row/column/K tiles with ragged edges (L=18,
+    # D_in=34, D_out=20), the swapped-operand variant, and the dW sample split.
+    from kernels.moe_triton import GradTiles, MMTiles, override_tiles
+
+    case = make_case(3, 18, 34, 20, 3, 2)
+    dy = torch.randn(3, 18, 20, generator=torch.Generator().manual_seed(2)).to(DEVICE)
+    with override_tiles(mm=MMTiles(16, 16, 16, 4, 2, swap_ab=swap_ab), grad=GradTiles(16, 16, 16, 4, 2), split=2):
+        got = run(triton_fn, *case, dy=dy)
+    d = torch.float64
+    check(got, run(naive_moe, *(t.to(d) for t in case[:3]), case[3], case[4].to(d), dy=dy.to(d)), TOL[torch.float32])
