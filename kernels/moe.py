@@ -51,7 +51,7 @@ def _apply_autocast(x, weight, bias, gates):
     return cast(x), cast(weight), cast(bias), cast(gates)
 
 
-def moe_linear(x, weight, bias, expert_idx, gates, backend: str = "auto"):
+def moe_linear(x, weight, bias, expert_idx, gates, backend: str = "auto", *, check_indices: bool = True):
     """Gated sum over each sample's k experts of x[n] @ W[e] + b[e].
 
     x (N, L, D_in), weight (E, D_in, D_out), bias (E, D_out), expert_idx (N, k)
@@ -59,11 +59,15 @@ def moe_linear(x, weight, bias, expert_idx, gates, backend: str = "auto"):
     share one dtype (fp32/fp16/bf16) and device and are contiguous; under
     autocast they are first cast to the autocast dtype. Differentiable in x,
     weight, bias and gates for every backend.
+
+    ``check_indices=False`` skips the [0, E) range check, which costs a
+    device->host read per call; only callers whose indices come from ``topk``
+    over E logits (Switch-DiT's gate) may pass it.
     """
     name = resolve_backend(backend, x)
     x, weight, bias, gates = _apply_autocast(x, weight, bias, gates)
     # The index range check reads a value back from the device; torch.compile
     # cannot trace that, so inside a compiled region it is skipped.
     validate_moe_inputs(x, weight, bias, expert_idx, gates,
-                        check_values=not torch.compiler.is_compiling())
+                        check_values=check_indices and not torch.compiler.is_compiling())
     return BACKENDS[name](x, weight, bias, expert_idx, gates)

@@ -1,0 +1,174 @@
+"""Switch-DiT: timestep-gated sparse mixture of experts per block (Park et al. 2024, arXiv 2403.09176).
+
+Block i owns a gate SiLU→Linear(D→E) that reads the timestep embedding and
+E expert linears D→D (weights [E, D_in, D_out], bias [E, D_out]; both zero at
+initialisation).  Each sample keeps its top-k experts (defaults E = 3, k = 2)
+with their softmax probabilities as gates (not renormalised over the top-k,
+as in the reference code), for all of its tokens, and the block's mask is
+
+    m = 1 + Σ_j g_j · (x W_{e_j} + b_{e_j})          (x: the block input)
+
+applied like DTR's: ``r = x·m; r += attn(r); r += mlp(r); out = r + (1 − m)·x``.
+At initialisation m = 1, i.e. the model starts as DiT.
+
+Training (``return_aux=True``) adds ``w_jsd · JSD`` between the gate
+probabilities and a DTR-style prior over depth·E expert slots, matched to the
+current assignment of all T timesteps (``methods.prior``).  Sampling only
+evaluates the gates for the batch's own timesteps; nothing is computed for the
+other T − N timesteps (the reference code embeds and gates all 1000 on every
+call).
+"""
+from __future__ import annotations
+
+import pathlib
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .diagnostics import save_heatmap
+from .dit import DiT
+from .masks import task_index, window_mask_table
+from .options import Option
+from .prior import match_columns, prior_jsd
+
+MOE_BACKENDS = ("auto", "triton", "torch")
+
+
+class ExpertLinear(nn.Module):
+    """E parallel D_in→D_out linears; each sample mixes its k experts (``kernels.moe_linear``)."""
+
+    def __init__(self, num_experts: int, d_in: int, d_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_experts, d_in, d_out))
+        self.bias = nn.Parameter(torch.zeros(num_experts, d_out))
+
+    def forward(self, x: torch.Tensor, expert_idx: torch.Tensor, gates: torch.Tensor, backend: str) -> torch.Tensor:
+        from kernels import moe_linear
+
+        # The kernel contract wants contiguous inputs (the patch embedding yields a transposed view).
+        return moe_linear(x.contiguous(), self.weight, self.bias, expert_idx, gates.to(x.dtype), backend=backend,
+                          check_indices=False)  # indices come from topk over E logits
+
+
+class TaskMoERouter(nn.Module):
+    """Gate (``gate.1``) and experts (``experts.weight|bias``) of one block."""
+
+    def __init__(self, hidden_size: int, num_experts: int):
+        super().__init__()
+        self.gate = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, num_experts))
+        self.experts = ExpertLinear(num_experts, hidden_size, hidden_size)
+
+
+class SwitchDiT(DiT):
+    """DiT with a timestep-gated top-k mixture of expert channel masks and a diffusion-prior JSD loss."""
+
+    method_name = "switch_dit"
+    OPTIONS = {
+        "num_experts": Option(3, int, lambda v: v >= 1, "an integer >= 1", "experts per block E"),
+        "top_k": Option(2, int, lambda v: v >= 1, "an integer >= 1 (and <= num_experts)", "experts per sample k"),
+        "w_jsd": Option(1.0, float, lambda v: v >= 0, ">= 0", "weight of the diffusion-prior JSD loss"),
+        "moe_backend": Option("auto", str, lambda v: v in MOE_BACKENDS, f"one of {list(MOE_BACKENDS)}", "kernels.moe_linear backend"),
+        "prior_alpha": Option(4.0, float, lambda v: v > 0, "> 0", "slide exponent α of the prior table"),
+        "num_tasks": Option(1000, int, lambda v: v >= 2, "an integer >= 2", "number of diffusion timesteps T"),
+    }
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        if options["top_k"] > options["num_experts"]:
+            raise ValueError(
+                f"switch_dit option top_k={options['top_k']} is invalid: must be <= num_experts={options['num_experts']}"
+            )
+
+    def __init__(
+        self,
+        *,
+        num_experts: int = 3,
+        top_k: int = 2,
+        w_jsd: float = 1.0,
+        moe_backend: str = "auto",
+        prior_alpha: float = 4.0,
+        num_tasks: int = 1000,
+        **backbone: Any,
+    ):
+        super().__init__(**backbone)
+        self.num_experts, self.top_k, self.w_jsd = num_experts, top_k, w_jsd
+        self.moe_backend, self.prior_alpha, self.num_tasks = moe_backend, prior_alpha, num_tasks
+        self.routers = nn.ModuleList([TaskMoERouter(self.hidden_size, num_experts) for _ in range(self.depth)])
+        self.register_buffer("prior_table", self._prior_table(), persistent=False)
+
+    def _prior_table(self) -> torch.Tensor:
+        # β = k/E written exactly as the reference computes it, so int(U·β) agrees.
+        return window_mask_table(self.num_tasks, self.depth * self.num_experts, self.prior_alpha, self.top_k / self.num_experts)
+
+    def reset_non_persistent_buffers(self) -> None:
+        self.prior_table = self._prior_table().to(self.pos_embed.device)
+
+    def initialize_router_weights(self) -> None:
+        # Gates keep the xavier init of every linear; experts start at zero so that m = 1.
+        for router in self.routers:
+            nn.init.zeros_(router.experts.weight)
+            nn.init.zeros_(router.experts.bias)
+
+    # ------------------------------------------------------------------ routing
+    def gate_probs(self, t_emb: torch.Tensor) -> torch.Tensor:
+        """(N, depth, E) gate probabilities of every block, as one matmul over the stacked gate weights."""
+        weight = torch.cat([r.gate[1].weight for r in self.routers])  # (depth·E, D)
+        bias = torch.cat([r.gate[1].bias for r in self.routers])
+        logits = F.linear(F.silu(t_emb), weight, bias)
+        return torch.softmax(logits.view(-1, self.depth, self.num_experts), dim=-1)
+
+    def route(self, t: torch.Tensor, t_emb: torch.Tensor, need_aux: bool) -> dict[str, Any]:
+        # Gates only for the batch's own timesteps: a handful of small kernels per forward, not per block.
+        probs = self.gate_probs(t_emb)
+        gates, idx = probs.topk(self.top_k, dim=-1)  # (N, depth, k), not renormalised
+        # Block-major copies so each block's (N, k) slice is contiguous, as the kernel expects.
+        gates, idx = gates.transpose(0, 1).contiguous(), idx.transpose(0, 1).contiguous()
+        return {"t": t, "probs": probs, "gates": gates.unbind(0), "idx": idx.unbind(0)}
+
+    def block_mask_delta(self, index: int, h: torch.Tensor, routing: dict[str, Any]) -> torch.Tensor:
+        # m − 1 = Σ_j g_j · expert_j(h): the expert mixture is exactly the mask's offset from 1.
+        return self.routers[index].experts(h, routing["idx"][index], routing["gates"][index], self.moe_backend)
+
+    @torch.no_grad()
+    def task_expert_assignment(self) -> torch.Tensor:
+        """(T, depth, E) one-hot top-k assignment of every timestep under the current gates."""
+        device = self.pos_embed.device
+        full = self.t_embedder(torch.arange(self.num_tasks, device=device))
+        idx = self.gate_probs(full).topk(self.top_k, dim=-1).indices
+        return torch.zeros(self.num_tasks, self.depth, self.num_experts, device=device).scatter_(2, idx, 1.0)
+
+    def aux_losses(self, routing: dict[str, Any]) -> dict[str, torch.Tensor]:
+        probs = routing["probs"].flatten(1)  # (N, depth·E), block-major like the prior's columns
+        if self.w_jsd == 0:
+            return {"jsd": probs.sum() * 0.0}
+        perm = self._match_prior()
+        rows = self.prior_table[task_index(routing["t"], self.num_tasks)]
+        return {"jsd": self.w_jsd * prior_jsd(probs, rows.to(probs.dtype), perm, self.depth)}
+
+    @torch.compiler.disable
+    def _match_prior(self) -> torch.Tensor:
+        # Re-matched on every training step, as the reference code does (cheap: a U×U assignment, U = depth·E).
+        assign = self.task_expert_assignment().flatten(1)
+        return match_columns(assign, self.prior_table)
+
+    # ------------------------------------------------------------------ diagnostics
+    def diagnostics(self, out_dir: pathlib.Path) -> dict[str, str]:
+        """Task–expert map (T × depth·E) and task affinity (T × T cosine of the assignments)."""
+        out_dir = pathlib.Path(out_dir)
+        assign = self.task_expert_assignment().flatten(1).float().cpu()
+        unit = assign / assign.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        affinity = unit @ unit.T
+        lines = [i * self.num_experts - 0.5 for i in range(1, self.depth)]
+        return {
+            "task_expert_map": save_heatmap(
+                assign.numpy(), out_dir / "task_expert_map.png",
+                title=f"Switch-DiT top-{self.top_k} experts per timestep ({self.depth} blocks x {self.num_experts})",
+                xlabel="block · expert", ylabel="timestep t", cmap="gray", vlines=lines,
+            ),
+            "task_affinity": save_heatmap(
+                affinity.numpy(), out_dir / "task_affinity.png",
+                title="timestep affinity: cosine of expert assignments", xlabel="timestep t", ylabel="timestep t",
+            ),
+        }
