@@ -155,7 +155,7 @@ def _default_comparison(name: str, args: list[str]) -> list[str]:
         return args
     import methods
 
-    return ["-m", "method=" + ",".join(methods.list_methods())] + args
+    return ["-m", "method=" + ",".join(methods.METHODS)] + args
 
 
 def _precheck(overrides: list[str]) -> None:

@@ -29,7 +29,13 @@ def reference_for(cfg: DictConfig, dataset=None):
         from benchmark.data import build_dataset
 
         dataset = build_dataset(cfg.data.dataset, path=cfg.data.path, image_size=cfg.data.image_size)
-    return DatasetReference(key=dataset.key, images=dataset.images_uint8)
+    limit = cfg.eval.get("reference_max_images")
+    if limit is None or int(limit) >= len(dataset):
+        return DatasetReference(key=dataset.key, images=dataset.images_uint8, image_size=dataset.image_size)
+    limit = int(limit)
+    # The first `limit` images in the dataset's own order; the cache key records how many.
+    return DatasetReference(key=f"{dataset.key}-first{limit}", images=lambda: dataset.images_uint8(limit),
+                            image_size=dataset.image_size)
 
 
 def evaluate_samples(cfg: DictConfig, samples, *, dataset=None, progress: bool = True) -> dict:

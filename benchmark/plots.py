@@ -48,7 +48,7 @@ def grid_array(images: np.ndarray, labels: np.ndarray | None = None, *, per_row:
         rows = [images[i:i + per_row] for i in range(0, min(len(images), per_row * max_rows), per_row)]
     h, w, c = images.shape[1:]
     hh, ww = h * upscale, w * upscale
-    canvas = np.full((len(rows) * (hh + pad) + pad, per_row * (ww + pad) + pad, c), 255, np.uint8)
+    canvas = np.full((len(rows) * (hh + pad) + pad, per_row * (ww + pad) + pad, c), 96, np.uint8)
     for r, row in enumerate(rows):
         for k, img in enumerate(row):
             big = img.repeat(upscale, 0).repeat(upscale, 1)

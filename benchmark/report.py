@@ -389,8 +389,16 @@ def _scalar_text(value: Any) -> str:
 def kernels_page(entries: list[tuple[str, Any]]) -> str:
     lines = ["# MoE kernel microbenchmarks", ""]
     columns = [("Provider", "provider"), ("Shape", "shape"), ("Direction", "direction"), ("Median ms", "median_ms"),
-               ("TFLOP/s", "tflops"), ("GB/s", "gbps"), ("% peak FLOPs", "pct_peak_flops"),
-               ("Peak MB", "peak_mem_mb")]
+               ("TFLOP/s", "tflops"), ("GB/s", ("gbs", "gbps")),
+               ("% spec FLOPs", ("pct_spec_tflops", "pct_peak_flops")), ("% measured FLOPs", "pct_measured_tflops"),
+               ("% measured BW", "pct_measured_bw"), ("Peak MB", "peak_mem_mb")]
+
+    def pick(r: dict, key):
+        for k in (key if isinstance(key, tuple) else (key,)):
+            if r.get(k) is not None:
+                return r[k]
+        return None
+
     for name, data in entries:
         lines += [f"## {name}", ""]
         if not isinstance(data, dict) or "_error" in data:
@@ -402,8 +410,18 @@ def kernels_page(entries: list[tuple[str, Any]]) -> str:
         results = [r for r in data.get("results", []) if isinstance(r, dict)]
         results.sort(key=lambda r: (_scalar_text(r.get("shape")), str(r.get("direction")), str(r.get("provider"))))
         if results:
-            rows = [{h: _scalar_text(r.get(k)) for h, k in columns} for r in results]
+            rows = [{h: _scalar_text(pick(r, k)) for h, k in columns} for r in results]
             lines += [_markdown_table(rows, [h for h, _ in columns]), ""]
+        if data.get("flops_definition"):
+            lines += [f"FLOPs: {data['flops_definition']}", ""]
+        goals = [g for g in data.get("goals") or [] if isinstance(g, dict)]
+        if goals:
+            grows = [{"Shape": _scalar_text(g.get("shape")), "Goal": _scalar_text(g.get("goal")),
+                      "Value": _scalar_text(g.get("value")), "Target": _scalar_text(g.get("target")),
+                      "Result": "pass" if g.get("passed") else "FAIL"} for g in goals]
+            grows.sort(key=lambda r: (r["Shape"], r["Goal"]))
+            lines += ["Goals (fused Triton kernel, fwd+bwd):", "",
+                      _markdown_table(grows, ["Shape", "Goal", "Value", "Target", "Result"]), ""]
         ran = data.get("providers_ran")
         if ran:
             lines += [f"Providers ran: {', '.join(sorted(map(str, ran)))}", ""]

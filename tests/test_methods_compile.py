@@ -1,6 +1,8 @@
 """torch.compile of every method at the debug size runs on the CPU and matches eager mode.
 
-Marked slow: Inductor's CPU compilation of forward + backward takes minutes on a 2-core machine.
+The eval-mode forward (what sampling compiles) runs in the default suite; the train-mode
+forward + backward comparison is marked slow (Inductor's CPU compilation of the backward takes
+minutes on a 2-core machine) and runs with ``pytest -m slow``.
 """
 from __future__ import annotations
 
@@ -22,9 +24,7 @@ def _loss_and_grads(fn, model, x, t, y):
     return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["dit", "dtr", "switch_dit"])
-def test_compiled_forward_and_backward_match_eager(method):
+def _model(method):
     torch._dynamo.reset()
     # No label dropout, so train-mode passes are deterministic and comparable.
     model = methods.build_model(method, "debug", input_size=8, in_channels=1, num_classes=3, class_dropout_prob=0.0)
@@ -32,12 +32,23 @@ def test_compiled_forward_and_backward_match_eager(method):
     sd["pos_embed"] = model.pos_embed.detach().clone()
     model.load_state_dict(sd)
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([7.0, 901.0]), torch.tensor([0, 2])
-    compiled = torch.compile(model)
+    return model, x, t, y
 
+
+@pytest.mark.parametrize("method", ["dit", "dtr", "switch_dit"])
+def test_compiled_eval_forward_matches_eager(method):
+    model, x, t, y = _model(method)
+    compiled = torch.compile(model)
     model.eval()
     with torch.no_grad():
         torch.testing.assert_close(compiled(x, t, y), model(x, t, y), atol=1e-4, rtol=1e-4)
 
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["dit", "dtr", "switch_dit"])
+def test_compiled_forward_and_backward_match_eager(method):
+    model, x, t, y = _model(method)
+    compiled = torch.compile(model)
     model.train()
     loss_c, grads_c = _loss_and_grads(compiled, model, x, t, y)
     loss_e, grads_e = _loss_and_grads(model, model, x, t, y)
