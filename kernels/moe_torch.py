@@ -26,6 +26,13 @@ Two equivalent evaluations of (1) live here:
 
 Both are pure tensor-in/tensor-out and differentiable by autograd. Sums of
 expert outputs are accumulated in float32 for 16-bit inputs.
+
+`moe_linear_shared` is the special case in which every sample has the same
+routing, e.g. a sampling step, where the whole batch (and its classifier-free
+guidance copy) sits at one timestep. Then (1) is one plain linear over all N*L
+rows with the single weight sum_e c_e W[e] and bias sum_e c_e b[e], where c is
+the (E,) row of `expert_coefficients`: one D_in x D_out mixed weight instead of
+N of them, and one GEMM (addmm) with the bias folded in.
 """
 from __future__ import annotations
 
@@ -40,6 +47,19 @@ def expert_coefficients(expert_idx: torch.Tensor, gates: torch.Tensor, num_exper
     """
     coef = gates.new_zeros(gates.shape[0], num_experts)
     return coef.scatter_add(1, expert_idx, gates)
+
+
+def moe_linear_shared(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """Eq. (1) when all samples share one routing, given as the (E,) gate-per-expert vector ``coef``.
+
+    x (..., D_in) of any layout that flattens to rows, weight (E, D_in, D_out),
+    bias (E, D_out) -> (..., D_out). Equals `moe_linear_mixed` with every row of
+    its C equal to ``coef``.
+    """
+    e, d_in, d_out = weight.shape
+    w_mix = (coef @ weight.reshape(e, d_in * d_out)).view(d_in, d_out)
+    out = torch.addmm(coef @ bias, x.reshape(-1, d_in), w_mix)
+    return out.view(*x.shape[:-1], d_out)
 
 
 def moe_linear_mixed(x, weight, bias, expert_idx, gates):

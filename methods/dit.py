@@ -169,7 +169,9 @@ class DiT(nn.Module):
         where ``aux`` maps names to already-weighted scalar losses.
         """
         t, y = self._check_inputs(x, t, y)
-        h = self.x_embedder(x) + self.pos_embed
+        # pos_embed first: the sum then takes its row-major layout instead of the patch embedding's
+        # transposed view, so no block copies the residual stream to make it contiguous (same values).
+        h = self.pos_embed + self.x_embedder(x)
         t_emb = self.t_embedder(t)
         c = t_emb if self.y_embedder is None else t_emb + self.y_embedder(y, self.training)
         routing = self.route(t, t_emb, return_aux)

@@ -17,6 +17,22 @@ current assignment of all T timesteps (``methods.prior``).  Sampling only
 evaluates the gates for the batch's own timesteps; nothing is computed for the
 other T − N timesteps (the reference code embeds and gates all 1000 on every
 call).
+
+Speed notes (the result is the same either way):
+
+* When every sample of the batch has the same timestep – each sampling step,
+  with or without its classifier-free guidance copy – all samples share their
+  routing, so each block's expert layer is one plain GEMM over all N·L rows
+  with a single gate-mixed D×D weight (``kernels.moe_torch.moe_linear_shared``)
+  instead of N per-sample weights, whatever ``moe_backend`` says.  That is known without reading the device:
+  a timestep given as a scalar (or any stride-0 tensor) is shared by
+  construction, and a CPU tensor is checked directly; an (N,) accelerator
+  tensor takes the per-sample path rather than pay a device→host sync.
+* The Hungarian matching of the prior runs on the host (scipy).  The top-k
+  assignment of all T timesteps it needs is launched before the blocks and
+  copied to pinned memory asynchronously, so the host only waits for those
+  few small kernels, not for the forward pass, and reads back one small
+  integer tensor per step.
 """
 from __future__ import annotations
 
@@ -27,6 +43,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kernels.moe_torch import expert_coefficients, moe_linear_shared
+
 from .diagnostics import save_heatmap
 from .dit import DiT
 from .masks import task_index, window_mask_table
@@ -34,6 +52,21 @@ from .options import Option
 from .prior import match_columns, prior_jsd
 
 MOE_BACKENDS = ("auto", "triton", "torch")
+
+
+def shared_timestep(t: torch.Tensor) -> bool:
+    """True when all (N,) timesteps are known to be equal without a device→host sync.
+
+    A stride-0 tensor (a scalar timestep expanded to the batch) is equal by
+    construction; a CPU tensor is compared directly.  Anything else – an
+    accelerator tensor, or a value check while being traced by torch.compile –
+    answers False, which only selects the general per-sample path.
+    """
+    if t.numel() <= 1 or t.stride(0) == 0:
+        return True
+    if t.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    return bool((t == t[0]).all())
 
 
 class ExpertLinear(nn.Module):
@@ -50,6 +83,10 @@ class ExpertLinear(nn.Module):
         # The kernel contract wants contiguous inputs (the patch embedding yields a transposed view).
         return moe_linear(x.contiguous(), self.weight, self.bias, expert_idx, gates.to(x.dtype), backend=backend,
                           check_indices=False)  # indices come from topk over E logits
+
+    def shared(self, x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+        """Every sample routed alike: ``coef`` (E,) holds each expert's summed gate; one dense GEMM."""
+        return moe_linear_shared(x, self.weight, self.bias, coef)
 
 
 class TaskMoERouter(nn.Module):
@@ -96,14 +133,17 @@ class SwitchDiT(DiT):
         self.num_experts, self.top_k, self.w_jsd = num_experts, top_k, w_jsd
         self.moe_backend, self.prior_alpha, self.num_tasks = moe_backend, prior_alpha, num_tasks
         self.routers = nn.ModuleList([TaskMoERouter(self.hidden_size, num_experts) for _ in range(self.depth)])
-        self.register_buffer("prior_table", self._prior_table(), persistent=False)
+        # The host copy feeds the (scipy) matching; the buffer follows the model to its device for the loss.
+        self._prior_host = self._prior_table()
+        self.register_buffer("prior_table", self._prior_host.clone(), persistent=False)
 
     def _prior_table(self) -> torch.Tensor:
         # β = k/E written exactly as the reference computes it, so int(U·β) agrees.
         return window_mask_table(self.num_tasks, self.depth * self.num_experts, self.prior_alpha, self.top_k / self.num_experts)
 
     def reset_non_persistent_buffers(self) -> None:
-        self.prior_table = self._prior_table().to(self.pos_embed.device)
+        self._prior_host = self._prior_table()
+        self.prior_table = self._prior_host.to(self.pos_embed.device)
 
     def initialize_router_weights(self) -> None:
         # Gates keep the xavier init of every linear; experts start at zero so that m = 1.
@@ -123,35 +163,69 @@ class SwitchDiT(DiT):
         # Gates only for the batch's own timesteps: a handful of small kernels per forward, not per block.
         probs = self.gate_probs(t_emb)
         gates, idx = probs.topk(self.top_k, dim=-1)  # (N, depth, k), not renormalised
-        # Block-major copies so each block's (N, k) slice is contiguous, as the kernel expects.
-        gates, idx = gates.transpose(0, 1).contiguous(), idx.transpose(0, 1).contiguous()
-        return {"t": t, "probs": probs, "gates": gates.unbind(0), "idx": idx.unbind(0)}
+        routing: dict[str, Any] = {"t": t, "probs": probs}
+        if shared_timestep(t):
+            # Equal timesteps give equal gates: sample 0's (depth, E) mixing coefficients serve the batch.
+            routing["coef"] = expert_coefficients(idx[0], gates[0], self.num_experts).unbind(0)
+        else:
+            # Block-major copies so each block's (N, k) slice is contiguous, as the kernel expects.
+            routing["gates"] = gates.transpose(0, 1).contiguous().unbind(0)
+            routing["idx"] = idx.transpose(0, 1).contiguous().unbind(0)
+        if need_aux and self.w_jsd != 0:
+            routing["prior_match"] = self._start_prior_match()
+        return routing
 
     def block_mask_delta(self, index: int, h: torch.Tensor, routing: dict[str, Any]) -> torch.Tensor:
         # m − 1 = Σ_j g_j · expert_j(h): the expert mixture is exactly the mask's offset from 1.
-        return self.routers[index].experts(h, routing["idx"][index], routing["gates"][index], self.moe_backend)
+        experts = self.routers[index].experts
+        if "coef" in routing:
+            return experts.shared(h, routing["coef"][index])
+        return experts(h, routing["idx"][index], routing["gates"][index], self.moe_backend)
+
+    @torch.no_grad()
+    def _assignment_indices(self) -> torch.Tensor:
+        """(T, depth, k) top-k expert indices of every timestep under the current gates."""
+        full = self.t_embedder(torch.arange(self.num_tasks, device=self.pos_embed.device))
+        return self.gate_probs(full).topk(self.top_k, dim=-1).indices
 
     @torch.no_grad()
     def task_expert_assignment(self) -> torch.Tensor:
         """(T, depth, E) one-hot top-k assignment of every timestep under the current gates."""
-        device = self.pos_embed.device
-        full = self.t_embedder(torch.arange(self.num_tasks, device=device))
-        idx = self.gate_probs(full).topk(self.top_k, dim=-1).indices
-        return torch.zeros(self.num_tasks, self.depth, self.num_experts, device=device).scatter_(2, idx, 1.0)
+        idx = self._assignment_indices()
+        return torch.zeros(self.num_tasks, self.depth, self.num_experts, device=idx.device).scatter_(2, idx, 1.0)
 
     def aux_losses(self, routing: dict[str, Any]) -> dict[str, torch.Tensor]:
         probs = routing["probs"].flatten(1)  # (N, depth·E), block-major like the prior's columns
         if self.w_jsd == 0:
             return {"jsd": probs.sum() * 0.0}
-        perm = self._match_prior()
+        pending = routing.get("prior_match")
+        perm = self._finish_prior_match(self._start_prior_match() if pending is None else pending)
         rows = self.prior_table[task_index(routing["t"], self.num_tasks)]
         return {"jsd": self.w_jsd * prior_jsd(probs, rows.to(probs.dtype), perm, self.depth)}
 
     @torch.compiler.disable
-    def _match_prior(self) -> torch.Tensor:
+    def _start_prior_match(self) -> tuple[torch.Tensor, Any]:
+        """Launch the assignment of all T timesteps and its copy to the host; returns (host indices, event)."""
+        idx = self._assignment_indices()
+        if idx.device.type != "cuda":
+            return idx.cpu(), None
+        # One small integer tensor crosses to pinned memory behind the kernels that produce it; the
+        # event lets the host wait for exactly those, not for the blocks queued after them.
+        small = torch.uint8 if self.num_experts <= 256 else torch.int64
+        host = torch.empty(idx.shape, dtype=small, pin_memory=True)
+        host.copy_(idx.to(small), non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        return host, done
+
+    @torch.compiler.disable
+    def _finish_prior_match(self, pending: tuple[torch.Tensor, Any]) -> torch.Tensor:
         # Re-matched on every training step, as the reference code does (cheap: a U×U assignment, U = depth·E).
-        assign = self.task_expert_assignment().flatten(1)
-        return match_columns(assign, self.prior_table)
+        idx, done = pending
+        if done is not None:
+            done.synchronize()
+        assign = torch.zeros(self.num_tasks, self.depth, self.num_experts).scatter_(2, idx.long(), 1.0)
+        return match_columns(assign.flatten(1), self._prior_host)
 
     # ------------------------------------------------------------------ diagnostics
     def diagnostics(self, out_dir: pathlib.Path) -> dict[str, str]:

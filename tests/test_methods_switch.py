@@ -48,6 +48,59 @@ def test_block_mask_matches_naive_per_sample_loop(backend):
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
 
 
+def test_moe_linear_shared_matches_naive_loop():
+    from kernels.moe_torch import expert_coefficients, moe_linear_shared
+
+    gen = torch.Generator().manual_seed(3)
+    n, seq, d_in, d_out, e = 3, 5, 6, 7, 4
+    x = torch.randn(n, seq, d_in, generator=gen, dtype=torch.float64)
+    w = torch.randn(e, d_in, d_out, generator=gen, dtype=torch.float64)
+    b = torch.randn(e, d_out, generator=gen, dtype=torch.float64)
+    idx, g = torch.tensor([2, 0, 2]), torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)  # expert 2 twice: both gates count
+    want = torch.zeros(n, seq, d_out, dtype=torch.float64)
+    for s in range(n):
+        for j in range(3):
+            want[s] += g[j] * (x[s] @ w[idx[j]] + b[idx[j]])
+    coef = expert_coefficients(idx[None], g[None], e)[0]
+    torch.testing.assert_close(coef, torch.tensor([0.3, 0.0, 0.7, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(moe_linear_shared(x, w, b, coef), want, atol=1e-12, rtol=1e-12)
+    # a transposed (non-contiguous) input gives the same rows
+    xt = x.transpose(1, 2).contiguous().transpose(1, 2)
+    torch.testing.assert_close(moe_linear_shared(xt, w, b, coef), want, atol=1e-12, rtol=1e-12)
+
+
+def test_shared_timestep_detection():
+    assert switch_module.shared_timestep(torch.full((4,), 500))
+    assert switch_module.shared_timestep(torch.tensor(7.0).expand(3))  # stride 0: equal by construction
+    assert switch_module.shared_timestep(torch.tensor([9]))
+    assert not switch_module.shared_timestep(torch.tensor([500, 500, 499]))
+    assert not switch_module.shared_timestep(torch.tensor([500.0, 500.5]))
+
+
+def _loss_and_grads(model, x, t, y):
+    for p in model.parameters():
+        p.grad = None
+    out = model(x, t, y)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    return out.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("t_value", [0, 250, 731, 999])
+def test_same_timestep_fast_path_equals_general_path(monkeypatch, t_value):
+    model, _ = _random_switch(num_experts=4, top_k=2)
+    x, y = torch.randn(3, 1, 8, 8), torch.tensor([0, 2, 1])
+    t = torch.full((3,), t_value)
+    assert "coef" in model.route(t, model.t_embedder(t), False)  # the fast path is taken
+    fast, fast_grads = _loss_and_grads(model, x, t, y)
+    monkeypatch.setattr(switch_module, "shared_timestep", lambda t: False)
+    assert "coef" not in model.route(t, model.t_embedder(t), False)
+    slow, slow_grads = _loss_and_grads(model, x, t, y)
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-5)
+    assert fast_grads.keys() == slow_grads.keys()
+    for name in fast_grads:  # experts, gates and the timestep embedder get the same gradients
+        torch.testing.assert_close(fast_grads[name], slow_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
 def test_zero_experts_reduce_to_dit():
     model = methods.build_model("switch_dit", "debug", input_size=8, in_channels=1, num_classes=3).eval()
     dit = methods.build_model("dit", "debug", input_size=8, in_channels=1, num_classes=3).eval()
@@ -220,6 +273,21 @@ def test_reference_checkpoint_round_trip(tmp_path):
     again = methods.load_checkpoint(bare, method="switch_dit", size="S", top_k=2)
     with torch.no_grad():
         torch.testing.assert_close(again(x, t, y), model(x, t, y), atol=0, rtol=0)
+
+
+def test_reference_checkpoint_same_timestep_batch(tmp_path):
+    # The sampling-time fast path (one timestep for the whole batch) against the reference forward.
+    ema = _reference_switch_state(seed=8)
+    path = tmp_path / "ck.pt"
+    torch.save({"model": ema, "ema": ema, "opt": {}, "config": _switch_repo_config()}, path)
+    model = methods.load_checkpoint(path)
+    x, y = torch.randn(4, 4, 8, 8), torch.tensor([3, 999, 1000, 12])
+    for step in (0, 500, 999):
+        t = torch.full((4,), step)
+        with torch.no_grad():
+            want = ref_forward(ema, x, t, y, heads=6, routing="dmoe", top_k=2)
+            torch.testing.assert_close(model(x, t, y), want, atol=1e-5, rtol=0)
+            torch.testing.assert_close(model(x, step, y), want, atol=1e-5, rtol=0)  # a scalar timestep too
 
 
 def test_reference_checkpoint_with_wrong_prior_is_refused(tmp_path):

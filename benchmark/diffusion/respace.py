@@ -80,7 +80,11 @@ class SpacedDiffusion(GaussianDiffusion):
         self.original_num_steps = len(base_alphas_cumprod)
 
     def model_timesteps(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.from_numpy(self.timestep_map).to(device=t.device)[t].to(t.dtype)
+        table = torch.from_numpy(self.timestep_map).to(device=t.device)
+        if t.dim() == 1 and t.numel() > 1 and t.stride(0) == 0:
+            # One shared timestep (samplers pass it expanded): keep it expanded.
+            return table[t[:1]].to(t.dtype).expand(t.shape[0])
+        return table[t].to(t.dtype)
 
 
 def create_diffusion(timestep_respacing: str | int | list[int] | None = None, *, noise_schedule: str = "linear",

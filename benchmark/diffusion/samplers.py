@@ -63,7 +63,7 @@ def _sample_loop(step, model_fn: ModelFn, diffusion: GaussianDiffusion, shape, *
         steps = tqdm(steps)
     kwargs = model_kwargs or {}
     for i in steps:
-        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+        t = _step_timesteps(i, x)
         output, _ = unpack_model_output(model_fn(x, diffusion.model_timesteps(t), **kwargs))
         out = diffusion.p_mean_variance(output, x, t, clip_denoised=clip_denoised)
         x = step(diffusion, out, x, t, _randn(x, generator), eta)
@@ -84,6 +84,15 @@ def ddpm_sample(model_fn: ModelFn, diffusion: GaussianDiffusion, shape, *, noise
     return _sample_loop(_ddpm_step, model_fn, diffusion, shape, eta=0.0, noise=noise, generator=generator,
                         device=device, dtype=dtype, model_kwargs=model_kwargs, clip_denoised=clip_denoised,
                         progress=progress, on_step=on_step)
+
+
+def _step_timesteps(i: int, x: torch.Tensor) -> torch.Tensor:
+    """Every sample's timestep at a sampling step, as an expanded (stride-0) tensor.
+
+    The stride-0 form tells routed models (Switch-DiT) that the whole batch shares one
+    timestep without a device-to-host read, so they can mix their experts once.
+    """
+    return torch.full((), i, dtype=torch.long, device=x.device).expand(x.shape[0])
 
 
 def ddim_sample(model_fn: ModelFn, diffusion: GaussianDiffusion, shape, *, eta: float = 0.0,
