@@ -59,7 +59,8 @@ def _inputs(args: argparse.Namespace, device: torch.device):
     gen = torch.Generator(device="cpu").manual_seed(0)
     x = torch.randn(args.batch, args.in_channels, args.input_size, args.input_size, generator=gen).to(device)
     t_train = torch.randint(0, 1000, (args.batch,), generator=gen).to(device)
-    t_eval = torch.full((args.batch,), 500, device=device)
+    # Sampling gives every sample the same timestep; samplers pass it expanded (stride 0), as here.
+    t_eval = torch.full((), 500, device=device).expand(args.batch)
     y = torch.randint(0, args.num_classes, (args.batch,), generator=gen).to(device)
     return x, t_train, t_eval, y
 
