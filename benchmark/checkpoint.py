@@ -17,7 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FORMAT = "dit-router-bench/1"
+# One definition of the format string, shared with methods.load_checkpoint.
+from methods import CHECKPOINT_FORMAT as FORMAT
+
 _NAME = re.compile(r"^(\d{7,})\.pt$")
 
 
