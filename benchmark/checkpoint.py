@@ -8,16 +8,15 @@ so that ``train.resume=latest`` continues exactly where an uninterrupted run wou
 """
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 # One definition of the format string, shared with methods.load_checkpoint.
+from benchmark.atomic import atomic_write
 from methods import CHECKPOINT_FORMAT as FORMAT
 
 _NAME = re.compile(r"^(\d{7,})\.pt$")
@@ -75,17 +74,7 @@ def set_rng_state(state: dict) -> None:
 
 def atomic_torch_save(obj, path: Path) -> Path:
     """Write ``obj`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(path: Path, *, model, ema, optimizer, step: int, config: dict, build: dict,

@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import dataclass
 
-from benchmark.config import GROUPS, ConfigError, check_group_choices, compose, expand_sweep, group_options
+from benchmark.config import GROUPS, check_group_choices, compose, expand_sweep, group_options
 
 
 @dataclass(frozen=True)

@@ -9,11 +9,11 @@ and written beside them as ``<samples>.metrics.json``.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from omegaconf import DictConfig
+
+from benchmark.atomic import atomic_write_text
 
 
 def reference_for(cfg: DictConfig, dataset=None):
@@ -65,10 +65,7 @@ def format_metrics(metrics: dict) -> str:
 
 
 def _write_json_atomic(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
 
 
 def main(cfg: DictConfig) -> dict:

@@ -27,6 +27,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from benchmark.atomic import atomic_write_text
 from benchmark.results import load_records
 
 METHOD_NAMES = {"dit": "DiT", "dtr": "DTR", "switch_dit": "Switch-DiT"}
@@ -455,11 +456,7 @@ def methods_page(entries: list[tuple[str, Any]]) -> str:
 
 
 def _write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8", newline="\n")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def build_report(results_dir: str | os.PathLike = "results", reports_dir: str | os.PathLike = "reports") -> list[Path]:

@@ -22,9 +22,10 @@ import platform
 import re
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Mapping
+
+from benchmark.atomic import atomic_write, atomic_write_text
 
 SCHEMA_VERSION = 1
 
@@ -153,18 +154,7 @@ def validate_record(record: Mapping[str, Any]) -> None:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)
 
 
 def record_path(results_dir: str | os.PathLike, run_id: str) -> Path:
@@ -219,16 +209,7 @@ def copy_artifact(src: str | os.PathLike, results_dir: str | os.PathLike, run_id
         raise ValueError(f"artifact name {name!r} must be a relative path inside the run's artifact dir")
     rel = Path(ARTIFACTS_DIR) / validate_run_id(run_id) / name_path
     dst = Path(results_dir) / rel
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dst.name}.", suffix=".tmp", dir=dst.parent)
-    os.close(fd)
-    try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
     return rel.as_posix()
 
 

@@ -10,7 +10,6 @@ import logging
 import time
 from pathlib import Path
 
-import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark import results as res

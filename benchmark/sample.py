@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from PIL import Image
 
 import methods
 from benchmark import checkpoint as ckpt_io
+from benchmark.atomic import atomic_write
 from benchmark.distributed import barrier, init_distributed
 
 log = logging.getLogger(__name__)
@@ -88,9 +87,8 @@ def load_model(cfg: DictConfig, path: Path, device: torch.device) -> torch.nn.Mo
 
 def _atomic_png(img: np.ndarray, path: Path) -> None:
     mode = "L" if img.shape[-1] == 1 else "RGB"
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(img.squeeze(-1) if mode == "L" else img, mode=mode).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    pil = Image.fromarray(img.squeeze(-1) if mode == "L" else img, mode=mode)
+    atomic_write(path, lambda tmp: pil.save(tmp, format="PNG"))
 
 
 def _batch_done(folder: Path, start: int, stop: int) -> bool:
@@ -173,14 +171,8 @@ def pack_npz(folder: Path, n: int, out: Path) -> Path:
     arr = np.stack(images)
     label_files = sorted(folder.glob(".labels_*.npy"))
     labels = np.concatenate([np.load(p) for p in label_files])[:n] if label_files else np.zeros(n, np.int64)
-    fd, tmp = tempfile.mkstemp(prefix=".samples.", suffix=".npz", dir=folder)
-    os.close(fd)
-    try:
-        np.savez(tmp, arr_0=arr, arr_1=labels)
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # np.savez appends ".npz" to a name without it, hence the suffix.
+    atomic_write(out, lambda tmp: np.savez(tmp, arr_0=arr, arr_1=labels), suffix=".npz")
     return out
 
 

@@ -9,37 +9,9 @@ import torch
 
 import kernels
 from kernels import moe_baselines, moe_torch
+from moe_cases import make_case, naive_moe
 
 torch.set_num_threads(2)
-
-
-def naive_moe(x, w, b, idx, g):
-    """Independent reference: loop over samples and slots."""
-    rows = []
-    for n in range(x.shape[0]):
-        acc = torch.zeros(x.shape[1], w.shape[2], dtype=x.dtype)
-        for j in range(idx.shape[1]):
-            e = int(idx[n, j])
-            acc = acc + g[n, j] * (x[n] @ w[e] + b[e])
-        rows.append(acc)
-    return torch.stack(rows)
-
-
-def make_case(n, seq, din, dout, e, k, dtype=torch.float32, routing="random", seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, seq, din, generator=gen)
-    w = torch.randn(e, din, dout, generator=gen) / din ** 0.5
-    b = torch.randn(e, dout, generator=gen) * 0.5
-    if routing == "random":
-        idx = torch.stack([torch.randperm(e, generator=gen)[:k] for _ in range(n)])
-    elif routing == "shared":  # every sample has the same timestep -> same experts
-        idx = torch.arange(0, 2 * k, 2)[None, :].remainder(e).repeat(n, 1)
-    elif routing == "duplicate":  # one expert listed twice: both gates count
-        idx = torch.zeros(n, k, dtype=torch.int64)
-    else:
-        raise AssertionError(routing)
-    g = torch.softmax(torch.randn(n, k, generator=gen), dim=1)
-    return [t.to(dtype) for t in (x, w, b)] + [idx, g.to(dtype)]
 
 
 def grads_of(fn, x, w, b, idx, g, dy):

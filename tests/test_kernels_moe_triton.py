@@ -9,38 +9,16 @@ import pytest
 import torch
 
 import kernels
+from moe_cases import make_case as _make_case
+from moe_cases import naive_moe
 
 torch.set_num_threads(2)
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 
 
-def naive_moe(x, w, b, idx, g):
-    rows = []
-    for n in range(x.shape[0]):
-        acc = torch.zeros(x.shape[1], w.shape[2], dtype=x.dtype, device=x.device)
-        for j in range(idx.shape[1]):
-            e = int(idx[n, j])
-            acc = acc + g[n, j] * (x[n] @ w[e] + b[e])
-        rows.append(acc)
-    return torch.stack(rows)
-
-
-def make_case(n, seq, din, dout, e, k, dtype=torch.float32, routing="random", seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, seq, din, generator=gen)
-    w = torch.randn(e, din, dout, generator=gen) / din ** 0.5
-    b = torch.randn(e, dout, generator=gen) * 0.5
-    if routing == "random":
-        idx = torch.stack([torch.randperm(e, generator=gen)[:k] for _ in range(n)])
-    elif routing == "shared":  # one timestep for the batch: every sample, same experts
-        idx = torch.arange(0, 2 * k, 2)[None, :].remainder(e).repeat(n, 1)
-    elif routing == "duplicate":
-        idx = torch.full((n, k), e - 1, dtype=torch.int64)
-    else:
-        raise AssertionError(routing)
-    g = torch.softmax(torch.randn(n, k, generator=gen), dim=1)
-    return [t.to(dtype).to(DEVICE) for t in (x, w, b)] + [idx.to(DEVICE), g.to(dtype).to(DEVICE)]
+def make_case(*args, **kwargs):
+    return _make_case(*args, device=DEVICE, **kwargs)
 
 
 def run(fn, x, w, b, idx, g, dy=None):

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import uuid
 from dataclasses import dataclass, field
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..atomic import atomic_write
 from ..autoencoder import Autoencoder, from_uint8
 from .sampler import indices_for_step as _indices_for_step
 from .sampler import steps_per_epoch as _steps_per_epoch
@@ -87,13 +87,7 @@ def cache_path(dataset, autoencoder: Autoencoder, cache_dir: str, flips: bool = 
 
 
 def _atomic_save(obj, path: str) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)  # atomic on POSIX within one filesystem: readers see the old file or the new one
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_latents(path: str, expected_key: str | None = None) -> LatentSet | None:
