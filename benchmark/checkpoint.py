@@ -15,9 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# One definition of the format string, shared with methods.load_checkpoint.
+# One definition of the format and its layout, shared with methods.load_checkpoint.
 from benchmark.atomic import atomic_write
 from methods import CHECKPOINT_FORMAT as FORMAT
+from methods import make_checkpoint
 
 _NAME = re.compile(r"^(\d{7,})\.pt$")
 
@@ -79,24 +80,10 @@ def atomic_torch_save(obj, path: Path) -> Path:
 
 def save_checkpoint(path: Path, *, model, ema, optimizer, step: int, config: dict, build: dict,
                     extra: dict | None = None) -> Path:
-    payload = {
-        "format": FORMAT,
-        "model": _plain_state_dict(model),
-        "ema": _plain_state_dict(ema),
-        "opt": optimizer.state_dict(),
-        "extra": extra or {},
-        "step": int(step),
-        "config": config,
-        "build": build,
-        "rng": rng_state(),
-    }
+    """The trainer's checkpoint: `methods.make_checkpoint` plus optimizer, extra and RNG state."""
+    payload = make_checkpoint(model, ema=ema, step=step, config=config, opt=optimizer.state_dict(),
+                              rng=rng_state(), extra=extra, build=build)
     return atomic_torch_save(payload, path)
-
-
-def _plain_state_dict(module) -> dict:
-    module = getattr(module, "module", module)       # DDP
-    module = getattr(module, "_orig_mod", module)    # torch.compile
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 def load_training_checkpoint(path: Path) -> dict:

@@ -46,22 +46,33 @@ def make_checkpoint(
     config: Any = None,
     opt: Mapping[str, Any] | None = None,
     rng: Any = None,
+    extra: Mapping[str, Any] | None = None,
+    build: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The suite's checkpoint dict. ``config`` must be plain data (dicts/lists/numbers/strings)."""
+    """The suite's checkpoint dict, the one definition of its layout (the trainer writes it too).
+
+    ``config`` must be plain data (dicts/lists/numbers/strings); ``build``
+    defaults to the model's ``build_kwargs``; tensors are detached CPU copies.
+    """
     model = unwrap_model(model)
-    build = getattr(model, "build_kwargs", None)
+    build = build if build is not None else getattr(model, "build_kwargs", None)
     if not build:
         raise ValueError("model has no build_kwargs; build it with methods.build_model")
     return {
         "format": CHECKPOINT_FORMAT,
-        "model": model.state_dict(),
-        "ema": unwrap_model(ema).state_dict() if ema is not None else None,
-        "build": dict(build),
+        "model": _cpu_state(model),
+        "ema": _cpu_state(unwrap_model(ema)) if ema is not None else None,
+        "opt": opt,
+        "extra": dict(extra or {}),
         "step": int(step),
         "config": to_plain(config),
-        "opt": opt,
+        "build": dict(build),
         "rng": rng,
     }
+
+
+def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 def save_checkpoint(path: str | pathlib.Path, model: nn.Module, **kwargs: Any) -> pathlib.Path:
