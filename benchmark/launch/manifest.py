@@ -16,9 +16,10 @@ import json
 import os
 import secrets
 import socket
-import tempfile
 import time
 from pathlib import Path
+
+from benchmark.atomic import atomic_write_text
 
 SUBMISSIONS = ".submissions"
 
@@ -51,20 +52,7 @@ def manifest_path(manifest: dict) -> Path:
 
 
 def write_manifest(manifest: dict) -> Path:
-    path = manifest_path(manifest)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(manifest, fh, indent=2, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(manifest_path(manifest), json.dumps(manifest, indent=2, sort_keys=True) + "\n")
 
 
 def load_manifests(runs_dir: str | os.PathLike) -> list[dict]:
