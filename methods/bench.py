@@ -8,7 +8,7 @@ For every (method, size): median wall time of a training step (forward with
 ``return_aux=True`` + backward), median eval forward time (one shared timestep
 per batch, as during sampling), peak memory of the training step (CUDA only),
 and parameter count; then each routed method's overhead over DiT as ratios.
-``--official-repo`` points at a local clone of the DTR or Switch-DiT reference
+``--official-repo`` points at a local clone of the DiT, DTR or Switch-DiT reference
 code (needs its own dependencies, e.g. timm) to time it at the same
 configuration; it is optional and never committed.
 """
@@ -146,6 +146,16 @@ def _official_models(repo: pathlib.Path) -> dict[str, Callable[[str, argparse.Na
                                                             sharing_ratio=0.8, taskcount=1000, init_method="DTR")
 
         builders["official_dtr"] = dtr_only
+    elif (repo / "models.py").is_file():  # DiT code base: models.py with DiT_models at the top level
+        from models import DiT_models  # type: ignore[import-not-found]
+
+        def dit(size, a):
+            return DiT_models[f"DiT-{size}/{a.patch_size}"](input_size=a.input_size, num_classes=a.num_classes)
+
+        builders["official_dit"] = dit
+    if not builders:
+        raise FileNotFoundError(f"{repo} is not a DiT, DTR or Switch-DiT checkout "
+                                "(looked for models/MoE.py, models/taskrouting.py, models.py)")
     return builders
 
 
