@@ -110,11 +110,12 @@ def real_specs(d: int, seq: int = 256, n: int = 32, e: int = 3, k: int = 2, dtyp
     t, tiles, _ = mt.grad_plan(x, w)
     split = max(1, min(n, -(-132 // (tiles * e))))
     bufs = mt.grad_buffers(x, w, idx, tiles, split)
-    lists = mt.routing_lists(idx, e)
+    order = mt.expert_order(idx)
+    col = torch.empty(n, d, dtype=torch.float32)
     return {
         "forward": mt.mixed_linear_spec(x, w, b, idx, g, out, transpose_w=False),
         "dx": mt.mixed_linear_spec(out, w, None, idx, g, x, transpose_w=True),
-        "dparams": mt.expert_grad_spec(x, out, w, g, lists, *bufs, t, tiles, split),
+        "dparams": mt.expert_grad_spec(x, out, w, b, g, idx, order, col, *bufs, t, tiles, split),
     }
 
 

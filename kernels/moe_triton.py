@@ -22,19 +22,18 @@ are bitwise deterministic for a given tile table):
   tensor-core dot. Compared with k separate expert GEMMs this does 1/k of the
   MACs; the mixing is k*BK*BN FMAs per BM*BK*BN MACs. dx uses the same kernel
   with W read transposed: dx[n] = dy[n] @ Wmix[n]^T.
-* `_expert_grad_kernel` (dweight, dgates). The N*k (sample, slot) pairs are
-  grouped by expert on the device (`routing_lists`: a stable argsort and
-  per-expert counts, no host read-back). One program per (expert, D_in x D_out
-  tile, share of that expert's pairs) runs one flat K loop over (pair, row
-  block), so tile loads stay software-pipelined across sample boundaries, and
-  accumulates G_n = x[n]^T dy[n] in fp32; at each sample's last row block
+* `_expert_grad_kernel` (dweight, dbias, dgates). The N*k (sample, slot)
+  pairs are sorted by expert on the device (`expert_order`: one stable
+  argsort, no host read-back; each program counts its expert's share from
+  expert_idx itself). One program per (expert, D_in x D_out tile, share of
+  that expert's pairs) runs one flat K loop over (pair, row block), so tile
+  loads stay software-pipelined across sample boundaries, and accumulates
+  G_n = x[n]^T dy[n] in fp32; at each sample's last row block
       dW[e]     += g * G_n
-      dgates    ~  <W[e], G_n>_F     (d out[n] / d g_j = x[n] @ W[e_j] + b[e_j])
+      dgates    ~  <W[e], G_n>_F + <b[e], s_n>   (d out[n] / d g_j = x[n] @ W[e_j] + b[e_j])
+      db[e]     += g * s_n                       (s_n = sum_l dy[n, l], one torch sum)
   The dgates terms are per-tile partial sums written to a (tiles, N*k) buffer
   and summed afterwards, which keeps the reduction order fixed.
-* The bias terms need only the column sums s_n = sum_l dy[n, l]:
-  db[e] = sum_n C[n, e] s_n and d out[n] / d g_j gets <b[e_j], s_n>; they are a
-  few small torch ops (`bias_grads`).
 
 Work per forward+backward: N*L*D_in*D_out MACs forward, the same for dx and
 k*N*L*D_in*D_out for dW, against 3*k*N*L*D_in*D_out for per-expert GEMMs;
@@ -64,7 +63,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .moe_torch import expert_coefficients
 
 # Triton reads TRITON_INTERPRET when a kernel is decorated, i.e. when this
 # module is imported; remember what it saw so the CPU check below is truthful.
@@ -177,22 +175,24 @@ def _mixed_linear_kernel(
 
 @triton.jit
 def _expert_grad_kernel(
-    x_ptr, dy_ptr, w_ptr, g_ptr, order_ptr, start_ptr, count_ptr,
-    dw_ptr, dgp_ptr,
+    x_ptr, dy_ptr, w_ptr, b_ptr, g_ptr, idx_ptr, order_ptr, col_ptr,
+    dw_ptr, db_ptr, dgp_ptr,
     NK, L, DIN, DOUT, SPLIT,
-    TOPK: tl.constexpr,
+    TOPK: tl.constexpr, NK_POW2: tl.constexpr,
     BLOCK_I: tl.constexpr, BLOCK_O: tl.constexpr, BLOCK_L: tl.constexpr, EVEN: tl.constexpr,
 ):
-    """dW and per-tile dgates partials for one expert and one (D_in, D_out) tile.
+    """dW, db and per-tile dgates partials for one expert and one (D_in, D_out) tile.
 
-    The (sample, slot) pairs routed to expert e sit contiguously in `order`
-    (slots n*TOPK + j sorted by expert, from `start[e]`, `count[e]` of them);
-    program (tile, e, s) takes the s-th of SPLIT equal shares of that list.
-    Its K loop is one flat range over (pair, row block), so the tile loads
-    pipeline across sample boundaries; G_n = x[n]^T dy[n] accumulates in fp32
-    and is flushed at the last row block of each sample:
-        dW[e] += g * G_n,   dgp[tile, slot] = <W[e], G_n> on the tile.
-    Every dw (split, e) tile and every (tile, slot) partial has one writer.
+    `order` lists the N*k slots n*TOPK + j stably sorted by expert, so expert
+    e's slots start at #(idx < e) and number #(idx == e), both counted here
+    from expert_idx. Program (tile, e, s) takes the s-th of SPLIT equal
+    shares of them. Its K loop is one flat range over (slot, row block), so
+    the tile loads stay pipelined across sample boundaries; G_n = x[n]^T dy[n]
+    accumulates in fp32 and is folded in at each sample's last row block:
+        dW[e] += g * G_n,   dgp[tile, slot] = <W[e], G_n> on the tile,
+    and, in the row-0 tiles, with s_n = col[n] = sum_l dy[n, l]:
+        db[e] += g * s_n,   dgp[tile, slot] += <b[e], s_n> on the columns.
+    Every dw/db (split, e) tile and every (tile, slot) partial has one writer.
     """
     pid_t = tl.program_id(0)
     e = tl.program_id(1)
@@ -209,16 +209,20 @@ def _expert_grad_kernel(
     tile_mask = i_ok[:, None] & o_ok[None, :]
     e64 = tl.cast(e, tl.int64)
 
-    first = tl.load(start_ptr + e)
-    count = tl.load(count_ptr + e)
+    rs = tl.arange(0, NK_POW2)
+    experts = tl.load(idx_ptr + rs, mask=rs < NK, other=-1)
+    first = tl.sum(((experts >= 0) & (experts < e)).to(tl.int32), axis=0)
+    count = tl.sum((experts == e).to(tl.int32), axis=0)
     lo = first + (count * s) // SPLIT
     hi = first + (count * (s + 1)) // SPLIT
     nblk = tl.cdiv(L, BLOCK_L)
 
     # Kept in the input dtype (half the registers of fp32) and widened per use.
     w_tile = tl.load(w_ptr + e64 * DIN * DOUT + ri[:, None] * DOUT + ro[None, :], mask=tile_mask, other=0.0)
+    b_vec = tl.load(b_ptr + e64 * DOUT + ro, mask=o_ok, other=0.0).to(tl.float32)
     acc = tl.zeros((BLOCK_I, BLOCK_O), dtype=tl.float32)
     gn = tl.zeros((BLOCK_I, BLOCK_O), dtype=tl.float32)
+    db_acc = tl.zeros((BLOCK_O,), dtype=tl.float32)
     for b in range(lo * nblk, hi * nblk):
         q = b // nblk
         l0 = (b - q * nblk) * BLOCK_L
@@ -241,11 +245,18 @@ def _expert_grad_kernel(
             g = tl.load(g_ptr + slot).to(tl.float32)
             acc += g * gn
             part = tl.sum(tl.sum(gn * w_tile.to(tl.float32), axis=1), axis=0)
+            if pid_i == 0:
+                # Bias terms once per column tile: the row-0 tile owns them.
+                col = tl.load(col_ptr + n64 * DOUT + ro, mask=o_ok, other=0.0)
+                part += tl.sum(col * b_vec, axis=0)
+                db_acc += g * col
             tl.store(dgp_ptr + pid_t * NK + slot, part)
             gn = tl.zeros((BLOCK_I, BLOCK_O), dtype=tl.float32)
 
     split_e = tl.cast(s, tl.int64) * num_e + e64
     tl.store(dw_ptr + split_e * DIN * DOUT + ri[:, None] * DOUT + ro[None, :], acc, mask=tile_mask)
+    if pid_i == 0:
+        tl.store(db_ptr + split_e * DOUT + ro, db_acc, mask=o_ok)
 
 
 # --------------------------------------------------------------------------
@@ -289,8 +300,18 @@ GRAD_TABLE: tuple[tuple[float, GradTiles], ...] = (
 _OVERRIDE: dict[str, object] = {}
 
 
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def _next_pow2(v: int) -> int:
+    # Plain Python on purpose: triton.next_power_of_2 / triton.cdiv go through
+    # Triton's function wrappers, which cost more host time than the launch.
+    return 1 << max(int(v) - 1, 0).bit_length()
+
+
 def _pow2_clamp(v: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, triton.next_power_of_2(max(int(v), 1))))
+    return max(lo, min(hi, _next_pow2(max(int(v), 1))))
 
 
 def mm_tiles(seq: int, k: int, nout: int, itemsize: int = 2) -> MMTiles:
@@ -379,7 +400,7 @@ def mixed_linear_spec(a, weight, bias, expert_idx, gates, out, *, transpose_w: b
     t = mm_tiles(seq, k, nout, a.element_size())
     s_e, s_in, s_out = weight.stride()
     stride_wk, stride_wn = (s_out, s_in) if transpose_w else (s_in, s_out)
-    grid = (triton.cdiv(seq, t.block_m) * triton.cdiv(nout, t.block_n), n)
+    grid = (_cdiv(seq, t.block_m) * _cdiv(nout, t.block_n), n)
     args = (a, weight, bias if bias is not None else weight, expert_idx, gates, out,
             seq, k, nout, s_e, stride_wk, stride_wn)
     meta = dict(HAS_BIAS=bias is not None, TOPK=expert_idx.shape[1],
@@ -394,65 +415,47 @@ def grad_plan(x, weight) -> tuple[GradTiles, int, int]:
     n, seq, din = x.shape
     e, _, dout = weight.shape
     t = grad_tiles(seq, din, dout, x.element_size())
-    tiles = triton.cdiv(din, t.block_i) * triton.cdiv(dout, t.block_o)
+    tiles = _cdiv(din, t.block_i) * _cdiv(dout, t.block_o)
     # Split the samples over extra programs when tiles x experts alone cannot
     # fill the GPU; the split partials are summed in a fixed order afterwards.
     split = _OVERRIDE.get("split") or max(1, min(n, -(-_num_sms(x.device) // (tiles * e))))
     return t, tiles, split
 
 
-def routing_lists(expert_idx: torch.Tensor, num_experts: int):
-    """(order, start, count) int32: the N*k slots n*k + j grouped by expert, stably.
-
-    Built on the device with no host read-back (torch.bincount would sync on
-    CUDA, so counts come from a comparison against arange(E)).
-    """
-    flat = expert_idx.reshape(-1)
-    order = torch.argsort(flat, stable=True).to(torch.int32)
-    experts = torch.arange(num_experts, device=flat.device)
-    count = (flat[None, :] == experts[:, None]).sum(1).to(torch.int32)
-    start = (torch.cumsum(count, 0) - count).to(torch.int32)
-    return order, start, count
+def expert_order(expert_idx: torch.Tensor) -> torch.Tensor:
+    """The N*k slots n*k + j stably sorted by expert (one device sort, no host read-back)."""
+    return torch.argsort(expert_idx.reshape(-1), stable=True)
 
 
-def expert_grad_spec(x, dy, weight, gates, lists, dw_buf, dgp, t: GradTiles, tiles: int, split: int) -> LaunchSpec:
-    """Launch of `_expert_grad_kernel` into the (split, E, ...) dW buffer and the dgates partials."""
+def expert_grad_spec(x, dy, weight, bias, gates, expert_idx, order, col, dw_buf, db_buf, dgp,
+                     t: GradTiles, tiles: int, split: int) -> LaunchSpec:
+    """Launch of `_expert_grad_kernel` into the (split, E, ...) dW/db buffers and the dgates partials."""
     n, seq, din = x.shape
     e, _, dout = weight.shape
-    order, start, count = lists
-    args = (x, dy, weight, gates, order, start, count, dw_buf, dgp, order.numel(), seq, din, dout, split)
-    meta = dict(TOPK=gates.shape[1], BLOCK_I=t.block_i, BLOCK_O=t.block_o, BLOCK_L=t.block_l,
+    nk = order.numel()
+    args = (x, dy, weight, bias, gates, expert_idx, order, col, dw_buf, db_buf, dgp, nk, seq, din, dout, split)
+    meta = dict(TOPK=gates.shape[1], NK_POW2=_next_pow2(max(nk, 1)),
+                BLOCK_I=t.block_i, BLOCK_O=t.block_o, BLOCK_L=t.block_l,
                 EVEN=din % t.block_i == 0 and dout % t.block_o == 0 and seq % t.block_l == 0,
                 num_warps=t.num_warps, num_stages=t.num_stages)
     return LaunchSpec(_expert_grad_kernel, (tiles, e, split), args, meta)
 
 
 def grad_buffers(x, weight, expert_idx, tiles: int, split: int):
-    """Output buffers of the gradient kernel: dW (split, E, D_in, D_out) and dgates partials.
+    """Output buffers of the gradient kernel: dW (split, E, D_in, D_out), db (split, E, D_out), dgates partials.
 
     No buffer needs zeroing: every program stores its dW tile (zeros for an
-    expert no sample picked) and each (tile, slot) partial is written by the
-    one program whose share of its expert's list holds that slot.
+    expert no sample picked), the row-0 tiles store db, and each (tile, slot)
+    partial is written by the one program whose share of its expert's list
+    holds that slot.
     """
     n, _, din = x.shape
     e, _, dout = weight.shape
-    dw_buf = torch.empty((split, e, din, dout), dtype=weight.dtype if split == 1 else torch.float32, device=x.device)
-    dgp = torch.empty((tiles, n * expert_idx.shape[1]), dtype=torch.float32, device=x.device)
-    return dw_buf, dgp
-
-
-def bias_grads(dy, bias, expert_idx, gates):
-    """(dbias, bias part of dgates) from the per-sample column sums of dy, in fp32.
-
-    s_n = sum_l dy[n, l];  db[e] = sum_n C[n, e] s_n (C: summed gates per
-    expert);  d out[n] / d g_j contributes <b[e_j], s_n>. Small dense ops,
-    fixed reduction order.
-    """
-    col = dy.sum(1, dtype=torch.float32)  # (N, D_out)
-    coef = expert_coefficients(expert_idx, gates.float(), bias.shape[0])
-    db = coef.t() @ col
-    dg_bias = (bias.float()[expert_idx] * col[:, None, :]).sum(-1)
-    return db, dg_bias
+    f32 = torch.float32
+    dw_buf = torch.empty((split, e, din, dout), dtype=weight.dtype if split == 1 else f32, device=x.device)
+    db_buf = torch.empty((split, e, dout), dtype=f32, device=x.device)
+    dgp = torch.empty((tiles, n * expert_idx.shape[1]), dtype=f32, device=x.device)
+    return dw_buf, db_buf, dgp
 
 
 def _launch_mixed(a, weight, bias, expert_idx, gates, *, transpose_w: bool) -> torch.Tensor:
@@ -470,18 +473,20 @@ def _launch_expert_grads(x, dy, weight, bias, expert_idx, gates):
     n = x.shape[0]
     topk = expert_idx.shape[1]
     t, tiles, split = grad_plan(x, weight)
-    dw_buf, dgp = grad_buffers(x, weight, expert_idx, tiles, split)
+    dw_buf, db_buf, dgp = grad_buffers(x, weight, expert_idx, tiles, split)
     if x.numel() > 0:
-        lists = routing_lists(expert_idx, weight.shape[0])
+        col = dy.sum(1, dtype=torch.float32)  # s_n = sum_l dy[n, l], for the bias terms
         with _device_ctx(x):
-            expert_grad_spec(x, dy, weight, gates, lists, dw_buf, dgp, t, tiles, split).launch()
+            expert_grad_spec(x, dy, weight, bias, gates, expert_idx, expert_order(expert_idx), col,
+                             dw_buf, db_buf, dgp, t, tiles, split).launch()
     else:
         dw_buf.zero_()
+        db_buf.zero_()
         dgp.zero_()
     dw = dw_buf[0] if split == 1 else dw_buf.sum(0).to(weight.dtype)
-    db, dg_bias = bias_grads(dy, bias, expert_idx, gates)
-    dgates = (dgp.sum(0).view(n, topk) + dg_bias).to(gates.dtype)
-    return dw, db.to(bias.dtype), dgates
+    db = (db_buf[0] if split == 1 else db_buf.sum(0)).to(bias.dtype)
+    dgates = dgp.sum(0).view(n, topk).to(gates.dtype)
+    return dw, db, dgates
 
 
 # --------------------------------------------------------------------------
@@ -499,11 +504,10 @@ def _moe_linear_fused_fake(x, weight, bias, expert_idx, gates):
     return x.new_empty((x.shape[0], x.shape[1], weight.shape[2]))
 
 
-@torch.library.custom_op("dit_bench::moe_linear_backward", mutates_args=())
-def moe_linear_fused_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                              bias: torch.Tensor, expert_idx: torch.Tensor, gates: torch.Tensor,
-                              need_dx: bool, need_dparams: bool
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def _fused_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                    bias: torch.Tensor, expert_idx: torch.Tensor, gates: torch.Tensor,
+                    need_dx: bool, need_dparams: bool
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """(dx, dweight, dbias, dgates); the ones not asked for come back empty."""
     dy = grad_out.contiguous()
     if need_dx:
@@ -515,6 +519,11 @@ def moe_linear_fused_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: t
     else:
         dw, db, dg = weight.new_empty((0,)), bias.new_empty((0,)), gates.new_empty((0,))
     return dx, dw, db, dg
+
+
+# Eager backward calls `_fused_backward` directly (one dispatcher hop fewer per
+# layer); under torch.compile the op keeps the launches opaque to the tracer.
+moe_linear_fused_backward = torch.library.custom_op("dit_bench::moe_linear_backward", mutates_args=())(_fused_backward)
 
 
 @moe_linear_fused_backward.register_fake
@@ -534,8 +543,8 @@ def _backward(ctx, grad_out):
     x, weight, bias, expert_idx, gates = ctx.saved_tensors
     need = ctx.needs_input_grad
     need_dparams = bool(need[1] or need[2] or need[4])
-    dx, dw, db, dg = moe_linear_fused_backward(grad_out, x, weight, bias, expert_idx, gates,
-                                               bool(need[0]), need_dparams)
+    backward = moe_linear_fused_backward if torch.compiler.is_compiling() else _fused_backward
+    dx, dw, db, dg = backward(grad_out, x, weight, bias, expert_idx, gates, bool(need[0]), need_dparams)
     return (dx if need[0] else None, dw if need[1] else None, db if need[2] else None,
             None, dg if need[4] else None)
 
