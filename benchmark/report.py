@@ -29,6 +29,7 @@ import pandas as pd
 
 from benchmark.atomic import atomic_write_text
 from benchmark.results import load_records
+from kernels.source import fused_kernel_sha256
 
 METHOD_NAMES = {"dit": "DiT", "dtr": "DTR", "switch_dit": "Switch-DiT"}
 METHOD_ORDER = ("dit", "dtr", "switch_dit")
@@ -387,7 +388,19 @@ def _scalar_text(value: Any) -> str:
     return "n/a" if value is None else str(value)
 
 
-def kernels_page(entries: list[tuple[str, Any]]) -> str:
+def _kernel_version_note(recorded: Any, current: str | None) -> str:
+    """Whether a record's fused-kernel numbers belong to the kernel source in this tree."""
+    if not recorded:
+        return ("fused kernel source: not recorded (this record predates source hashes; "
+                "its triton_fused numbers may come from an earlier kernels/moe_triton.py)")
+    if current is None or recorded == current:
+        return f"fused kernel source: sha256 {str(recorded)[:12]}" + (" (the current kernel)" if current else "")
+    return (f"fused kernel source: sha256 {str(recorded)[:12]}, **not** the current kernels/moe_triton.py "
+            f"({current[:12]}): its triton_fused numbers are from an earlier kernel")
+
+
+def kernels_page(entries: list[tuple[str, Any]], current_kernel: str | None = None) -> str:
+    """The kernel page; ``current_kernel`` is the sha256 of the fused kernel source in this tree."""
     lines = ["# MoE kernel microbenchmarks", ""]
     columns = [("Provider", "provider"), ("Shape", "shape"), ("Direction", "direction"), ("Median ms", "median_ms"),
                ("TFLOP/s", "tflops"), ("GB/s", ("gbs", "gbps")),
@@ -407,7 +420,7 @@ def kernels_page(entries: list[tuple[str, Any]]) -> str:
             continue
         meta = [f"hardware: {_scalar_text(data.get('hardware', {})) or 'n/a'}",
                 f"dtype: {_scalar_text(data.get('dtype'))}", f"commit: {str(data.get('git_commit') or 'n/a')[:12]}"]
-        lines += ["; ".join(meta), ""]
+        lines += ["; ".join(meta), "", _kernel_version_note(data.get("fused_kernel_sha256"), current_kernel), ""]
         results = [r for r in data.get("results", []) if isinstance(r, dict)]
         results.sort(key=lambda r: (_scalar_text(r.get("shape")), str(r.get("direction")), str(r.get("provider"))))
         if results:
@@ -486,7 +499,7 @@ def build_report(results_dir: str | os.PathLike = "results", reports_dir: str | 
     methods = _load_json_dir(results_dir / "methods")
     extra = []
     if kernels:
-        written.append(_write_text(reports_dir / "kernels.md", kernels_page(kernels)))
+        written.append(_write_text(reports_dir / "kernels.md", kernels_page(kernels, fused_kernel_sha256())))
         extra.append(f"- [MoE kernel microbenchmarks](kernels.md): {len(kernels)} file(s)")
     if methods:
         written.append(_write_text(reports_dir / "methods.md", methods_page(methods)))

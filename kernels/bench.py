@@ -49,6 +49,7 @@ from typing import Callable
 import torch
 
 from . import moe_baselines, moe_torch
+from .source import fused_kernel_sha256
 
 SIZES = {"S": 384, "B": 768, "L": 1024, "XL": 1152}
 SEQS = (256, 64)
@@ -486,6 +487,7 @@ def run_benchmarks(*, device=None, dtype=None, quick: bool = False, out_dir: str
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "hardware": hardware_info(device),
         "git_commit": git_commit(),
+        "fused_kernel_sha256": fused_kernel_sha256(),
         "dtype": str(dtype).replace("torch.", ""),
         "quick": quick,
         "interpret_small": interpret_small,

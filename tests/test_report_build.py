@@ -174,3 +174,17 @@ def test_cell_text_format():
     assert rpt.cell_text(None, 27.96, 2) == "n/a (pub 27.96)"
     assert rpt.cell_text(None, None, 2, has_record=False) == "\u2014"
     assert rpt.cell_text(1.0, 1.0, 2) == "1.00 (pub 1.00, \u0394 \u00b10.00)"
+
+
+def test_kernel_page_says_which_kernel_version_was_measured():
+    from kernels.source import fused_kernel_sha256
+
+    current = fused_kernel_sha256()
+    assert current is not None and len(current) == 64
+    page = rpt.kernels_page([("now.json", {**kernel_json(), "fused_kernel_sha256": current}),
+                             ("old.json", {**kernel_json(), "fused_kernel_sha256": "0" * 64}),
+                             ("legacy.json", kernel_json())], current)
+    now, old, legacy = (page.split(f"## {n}")[1].split("##")[0] for n in ("now.json", "old.json", "legacy.json"))
+    assert f"sha256 {current[:12]} (the current kernel)" in now
+    assert "**not** the current" in old and "000000000000" in old and current[:12] in old
+    assert "not recorded" in legacy
