@@ -110,8 +110,8 @@ MM_CANDIDATES = [  # (BM, BN, BK, warps, stages, swap_ab)
     (128, 256, 64, 8, 3, True), (128, 128, 32, 4, 4, True),
 ]
 GRAD_CANDIDATES = [  # (BI, BO, BL, warps, stages, split or None for automatic)
-    (128, 128, 64, 8, 3, None), (128, 128, 64, 8, 3, 2), (128, 128, 128, 8, 3, None),
-    (128, 128, 32, 8, 3, None), (128, 64, 64, 8, 3, None), (128, 64, 64, 4, 3, None),
+    (128, 128, 64, 8, 3, None), (128, 128, 64, 8, 3, 2), (128, 128, 32, 8, 3, None),
+    (128, 128, 64, 8, 2, None), (128, 64, 64, 8, 3, None), (128, 64, 64, 4, 3, None),
     (64, 128, 64, 4, 3, None), (64, 64, 64, 4, 3, None),
 ]
 

@@ -28,7 +28,9 @@ are bitwise deterministic for a given tile table):
   expert_idx itself). One program per (expert, D_in x D_out tile, share of
   that expert's pairs) runs one flat K loop over (pair, row block), so tile
   loads stay software-pipelined across sample boundaries, and accumulates
-  G_n = x[n]^T dy[n] in fp32; at each sample's last row block
+  the running sum of G_n = x[n]^T dy[n] in fp32 (never reset, so the
+  tensor-core accumulator chain is only read, at sample ends, never rewritten;
+  G_n is recovered there by summation by parts); per sample
       dW[e]     += g * G_n
       dgates    ~  <W[e], G_n>_F + <b[e], s_n>   (d out[n] / d g_j = x[n] @ W[e_j] + b[e_j])
       db[e]     += g * s_n                       (s_n = sum_l dy[n, l], one torch sum)
@@ -187,8 +189,8 @@ def _expert_grad_kernel(
     e's slots start at #(idx < e) and number #(idx == e), both counted here
     from expert_idx. Program (tile, e, s) takes the s-th of SPLIT equal
     shares of them. Its K loop is one flat range over (slot, row block), so
-    the tile loads stay pipelined across sample boundaries; G_n = x[n]^T dy[n]
-    accumulates in fp32 and is folded in at each sample's last row block:
+    the tile loads stay pipelined across sample boundaries; the fp32 running
+    sum of G_n = x[n]^T dy[n] is read at each sample's last row block to give
         dW[e] += g * G_n,   dgp[tile, slot] = <W[e], G_n> on the tile,
     and, in the row-0 tiles, with s_n = col[n] = sum_l dy[n, l]:
         db[e] += g * s_n,   dgp[tile, slot] += <b[e], s_n> on the columns.
@@ -221,8 +223,9 @@ def _expert_grad_kernel(
     w_tile = tl.load(w_ptr + e64 * DIN * DOUT + ri[:, None] * DOUT + ro[None, :], mask=tile_mask, other=0.0)
     b_vec = tl.load(b_ptr + e64 * DOUT + ro, mask=o_ok, other=0.0).to(tl.float32)
     acc = tl.zeros((BLOCK_I, BLOCK_O), dtype=tl.float32)
-    gn = tl.zeros((BLOCK_I, BLOCK_O), dtype=tl.float32)
+    run = tl.zeros((BLOCK_I, BLOCK_O), dtype=tl.float32)
     db_acc = tl.zeros((BLOCK_O,), dtype=tl.float32)
+    p_prev = tl.zeros((), dtype=tl.float32)
     for b in range(lo * nblk, hi * nblk):
         q = b // nblk
         l0 = (b - q * nblk) * BLOCK_L
@@ -239,19 +242,27 @@ def _expert_grad_kernel(
             l_ok = ll < L
             xt = tl.load(x_base + ll[None, :] * DIN + ri[:, None], mask=i_ok[:, None] & l_ok[None, :], other=0.0)
             dyt = tl.load(dy_base + ll[:, None] * DOUT + ro[None, :], mask=l_ok[:, None] & o_ok[None, :], other=0.0)
-        gn = tl.dot(xt, dyt, gn)
+        # The running sum S_k = G_1 + ... + G_k is never reset, so the
+        # accumulator chain is only read at sample ends, never rewritten.
+        run = tl.dot(xt, dyt, run)
         if l0 + BLOCK_L >= L:
-            # Last row block of this sample: fold G_n into dW and dgates.
+            # Last row block of sample k: G_k = S_k - S_(k-1). By summation by
+            # parts sum_k g_k G_k = sum_k (g_k - g_(k+1)) S_k (g after the
+            # share's last sample = 0), and <W, G_k> = <W, S_k> - <W, S_(k-1)>.
             g = tl.load(g_ptr + slot).to(tl.float32)
-            acc += g * gn
-            part = tl.sum(tl.sum(gn * w_tile.to(tl.float32), axis=1), axis=0)
+            has_next = q + 1 < hi
+            next_slot = tl.load(order_ptr + q + 1, mask=has_next, other=0)
+            g_next = tl.load(g_ptr + next_slot, mask=has_next, other=0.0).to(tl.float32)
+            acc += (g - g_next) * run
+            p_run = tl.sum(tl.sum(run * w_tile.to(tl.float32), axis=1), axis=0)
+            part = p_run - p_prev
+            p_prev = p_run
             if pid_i == 0:
                 # Bias terms once per column tile: the row-0 tile owns them.
                 col = tl.load(col_ptr + n64 * DOUT + ro, mask=o_ok, other=0.0)
                 part += tl.sum(col * b_vec, axis=0)
                 db_acc += g * col
             tl.store(dgp_ptr + pid_t * NK + slot, part)
-            gn = tl.zeros((BLOCK_I, BLOCK_O), dtype=tl.float32)
 
     split_e = tl.cast(s, tl.int64) * num_e + e64
     tl.store(dw_ptr + split_e * DIN * DOUT + ri[:, None] * DOUT + ro[None, :], acc, mask=tile_mask)
