@@ -1,0 +1,61 @@
+"""The kernel microbenchmark (kernels/bench.py): runs on CPU, writes its JSON, computes its goals as stated.
+
+On CPU the fused kernel runs under TRITON_INTERPRET=1 (root conftest) at tiny
+shapes; the record must say which providers ran, carry the fused kernel's
+source hash, and its nominal FLOP rates must follow 2*N*k*L*D^2 per GEMM.
+"""
+import json
+
+import pytest
+import torch
+
+from kernels import bench
+from kernels.source import fused_kernel_sha256
+
+torch.set_num_threads(2)
+
+
+def test_cpu_run_writes_record(tmp_path):
+    assert bench.main(["--interpret-small", "--out", str(tmp_path)]) == 0
+    (path,) = tmp_path.glob("cpu-*.json")
+    record = json.loads(path.read_text())
+    assert record["hardware"]["device_type"] == "cpu"
+    assert record["fused_kernel_sha256"] == fused_kernel_sha256()
+    ran = set(record["providers"]["ran"])
+    assert {"triton_fused", "official", "dense_linear", "torch"} <= ran
+    assert set(record["providers"]["skipped"]) | ran == set(bench.PROVIDERS)
+    rows = [r for r in record["results"] if "median_ms" in r]
+    assert {r["provider"] for r in rows} == ran
+    shapes = {s["name"]: s for s in record["shapes"]}
+    for r in rows:
+        s = shapes[r["shape"]]
+        gemms = 1 if r["direction"] == "fwd" else 3
+        flops = 2 * s["n"] * s["k"] * s["seq"] * s["d"] ** 2 * gemms
+        assert r["tflops"] == pytest.approx(flops / (r["median_ms"] * 1e-3) / 1e12, rel=1e-9)
+    assert record["goals"] == [] and record["step_goals"] == []  # GPU goals are not judged from CPU times
+
+
+def _row(provider, ms, extra=None):
+    return {"provider": provider, "shape": "XL", "direction": "fwd+bwd", "median_ms": ms, "extra_mem_mb": extra}
+
+
+def test_goal_arithmetic():
+    record = {"shapes": [{"name": "XL"}],
+              "results": [_row("triton_fused", 0.5, 30.0), _row("official", 2.0, 100.0), _row("dense_linear", 0.28)]}
+    goals = {g["goal"]: g for g in bench.evaluate_goals(record)}
+    assert goals["speedup_vs_official"]["value"] == pytest.approx(4.0) and goals["speedup_vs_official"]["passed"]
+    assert goals["memory_vs_official"]["value"] == pytest.approx(0.3) and goals["memory_vs_official"]["passed"]
+    assert goals["throughput_vs_dense"]["value"] == pytest.approx(0.56)
+    assert goals["throughput_vs_dense"]["passed"] is False  # 0.56 < 0.6
+
+
+def test_step_goal_needs_both_methods():
+    whole = {"rows": [{"method": "dit", "size": "XL", "median_ms": 90.0},
+                      {"method": "switch_dit", "size": "XL", "median_ms": 103.0},
+                      {"method": "switch_dit", "size": "S", "median_ms": 40.0},  # no DiT-S row: no goal
+                      {"method": "dit", "size": "B", "error": "OOM"}]}
+    (goal,) = bench.step_goals(whole)
+    assert goal["shape"] == "XL whole step" and goal["value"] == pytest.approx(103 / 90) and goal["passed"]
+    whole["rows"][1]["median_ms"] = 104.0
+    assert bench.step_goals(whole)[0]["passed"] is False  # 1.156 > 1.15
+    assert bench.step_goals(None) == []
