@@ -194,10 +194,12 @@ def _time_cpu(fn: Callable, reps: int, warmup: int = 0) -> float:
     return statistics.median(times) * 1e3
 
 
-def _time_cuda(fn: Callable, grad_to_none) -> float:
+def _time_cuda(fn: Callable, grad_to_none, warmup_ms: float = 25, rep_ms: float = 100) -> float:
     import triton.testing
 
-    return float(triton.testing.do_bench(fn, warmup=25, rep=100, grad_to_none=grad_to_none, return_mode="median"))
+    # do_bench's warmup/rep are milliseconds of running, not iteration counts.
+    return float(triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, grad_to_none=grad_to_none,
+                                         return_mode="median"))
 
 
 def _peak_memory(fn: Callable, leaves, device) -> tuple[float | None, float | None]:
@@ -322,7 +324,8 @@ def whole_step_benchmarks(device, dtype, sizes=("S",), methods=("dit", "dtr", "s
 
                 step()
                 torch.cuda.synchronize(device)
-                row["median_ms"] = _time_cuda(step, params)
+                # ~100 ms steps at XL: 2 s of repeats gives a median over ~20 of them.
+                row["median_ms"] = _time_cuda(step, params, warmup_ms=300, rep_ms=2000)
                 row["peak_mem_mb"], row["extra_mem_mb"] = _peak_memory(step, params, device)
                 del model, params
             except Exception as exc:
