@@ -292,20 +292,18 @@ def _measure(provider: str, shape: Shape, inp: dict, device, dtype, reps: int) -
 
 # ------------------------------------------------------------- whole step
 def whole_step_benchmarks(device, dtype, sizes=("S",), methods=("dit", "dtr", "switch_dit"),
-                          batch: int = NUM_SAMPLES, input_size: int = 32) -> dict:
-    """Forward+backward of each method's model (optional: needs `methods`)."""
+                          batch: int = NUM_SAMPLES, input_size: int = 32, cpu_reps: int = 3) -> dict:
+    """Forward (with auxiliary losses) + backward of each method's model (optional: needs `methods`)."""
     try:
         import methods as method_pkg  # not a dependency of kernels: only used when present
     except Exception as exc:
         return {"skipped": f"methods package not importable: {exc!r}", "rows": []}
-    if device.type != "cuda":
-        return {"skipped": "whole-model steps are only timed on CUDA", "rows": []}
     rows = []
     for method in methods:
         for size in sizes:
             row = {"method": method, "size": size, "batch": batch, "input_size": input_size}
             try:
-                model = method_pkg.build_model(method, size).to(device)
+                model = method_pkg.build_model(method, size, input_size=input_size).to(device)
                 model.train()
                 x = torch.randn(batch, 4, input_size, input_size, device=device)
                 t = torch.randint(0, 1000, (batch,), device=device)
@@ -315,7 +313,7 @@ def whole_step_benchmarks(device, dtype, sizes=("S",), methods=("dit", "dtr", "s
                 def step():
                     # A training step's model work: forward with the auxiliary losses
                     # (Switch-DiT's prior JSD), backward; no optimizer update.
-                    with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+                    with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
                         out, aux = model(x, t, y, return_aux=True)
                     loss = out.float().square().mean()
                     for value in aux.values():
@@ -323,9 +321,12 @@ def whole_step_benchmarks(device, dtype, sizes=("S",), methods=("dit", "dtr", "s
                     loss.backward()
 
                 step()
-                torch.cuda.synchronize(device)
-                # ~100 ms steps at XL: 2 s of repeats gives a median over ~20 of them.
-                row["median_ms"] = _time_cuda(step, params, warmup_ms=300, rep_ms=2000)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)
+                    # ~100 ms steps at XL: 2 s of repeats gives a median over ~20 of them.
+                    row["median_ms"] = _time_cuda(step, params, warmup_ms=300, rep_ms=2000)
+                else:
+                    row["median_ms"] = _time_cpu(lambda: (step(), [setattr(p, "grad", None) for p in params]), cpu_reps)
                 row["peak_mem_mb"], row["extra_mem_mb"] = _peak_memory(step, params, device)
                 del model, params
             except Exception as exc:
@@ -353,6 +354,9 @@ def hardware_info(device) -> dict:
 
 
 def git_commit() -> str | None:
+    """HEAD of the checkout, or $BENCH_GIT_COMMIT where the tree was copied without its history."""
+    if os.environ.get("BENCH_GIT_COMMIT"):
+        return os.environ["BENCH_GIT_COMMIT"]
     try:
         res = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
                              cwd=os.path.dirname(os.path.abspath(__file__)))
@@ -550,7 +554,8 @@ def main(argv=None) -> int:
     parser.add_argument("--interpret-small", action="store_true",
                         help="on CPU, run the Triton kernel under TRITON_INTERPRET=1 at tiny shapes")
     parser.add_argument("--providers", default=None, help=f"comma list from {list(PROVIDERS)}")
-    parser.add_argument("--whole-step", action="store_true", help="also time model fwd+bwd (needs `methods`, CUDA)")
+    parser.add_argument("--whole-step", action="store_true",
+                        help="also time whole model steps, fwd with aux losses + bwd (needs `methods`; slow on CPU)")
     args = parser.parse_args(argv)
     run_benchmarks(device=args.device, dtype=args.dtype, quick=args.quick, out_dir=args.out or None,
                    interpret_small=args.interpret_small,

@@ -21,12 +21,13 @@ import os
 import pathlib
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from typing import Any, Callable
 
 import torch
+
+from kernels.bench import git_commit
 
 from .registry import METHODS, SIZES, build_model
 
@@ -205,13 +206,6 @@ def _hardware(device: torch.device) -> str:
     return f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs, {torch.get_num_threads()} threads)"
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def _parse_option(text: str, parser: argparse.ArgumentParser) -> tuple[str, Any]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -259,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "hardware": _hardware(device),
         "device": str(device),
         "torch": torch.__version__,
-        "git_commit": _git_commit(),
+        "git_commit": git_commit(),
         "config": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items() if k not in ("out", "option")},
         "results": rows,
         "ratios": overhead_ratios(rows),

@@ -59,3 +59,13 @@ def test_step_goal_needs_both_methods():
     whole["rows"][1]["median_ms"] = 104.0
     assert bench.step_goals(whole)[0]["passed"] is False  # 1.156 > 1.15
     assert bench.step_goals(None) == []
+
+
+def test_whole_step_runs_each_method_and_gives_the_step_ratio():
+    whole = bench.whole_step_benchmarks(torch.device("cpu"), torch.float32, sizes=("debug",),
+                                        methods=("dit", "switch_dit"), batch=2, input_size=8, cpu_reps=1)
+    rows = {r["method"]: r for r in whole["rows"]}
+    assert set(rows) == {"dit", "switch_dit"}
+    assert all(r.get("median_ms", 0) > 0 for r in rows.values()), whole
+    (goal,) = bench.step_goals(whole)
+    assert goal["value"] == pytest.approx(rows["switch_dit"]["median_ms"] / rows["dit"]["median_ms"])
