@@ -349,7 +349,9 @@ def grad_tiles(seq: int, din: int, dout: int, itemsize: int = 2) -> GradTiles:
         return GradTiles(_pow2_clamp(din, 16, 64), _pow2_clamp(dout, 16, 64), _pow2_clamp(seq, 16, 64), 4, 1)
     t = next(tiles for limit, tiles in GRAD_TABLE if max(din, dout) <= limit)
     if itemsize == 4:
-        t = replace(t, block_l=max(16, t.block_l // 2), num_stages=min(t.num_stages, 2))
+        # fp32 tiles: half the rows per step, and at most 64 columns so the fp32
+        # copy of the weight tile still fits in registers next to two accumulators.
+        t = replace(t, block_o=min(t.block_o, 64), block_l=max(16, t.block_l // 2), num_stages=min(t.num_stages, 2))
     return t
 
 

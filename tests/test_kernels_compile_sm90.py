@@ -3,7 +3,7 @@
 Runs `python -m kernels.compile_check` in a subprocess without
 TRITON_INTERPRET (the root conftest sets it for this process) and checks each
 launch of the forward, dx and expert-gradient kernels at the Switch-DiT XL
-shape (D=1152, L=256, N=32, E=3, k=2; arXiv 2403.09176) with the default tile
+shape (D=1152, L=256, N=32, E=3, k=2; arXiv 2403.09176) in bf16, fp16 and fp32 with the default tile
 table: it compiles, spills no registers, fits in shared memory and its tile
 loads are software-pipelined (asynchronous copies).
 """
@@ -19,9 +19,10 @@ ROOT = Path(__file__).resolve().parents[1]
 H100_SMEM_PER_BLOCK = 227 * 1024
 
 
-def test_default_tiles_compile_for_sm90_without_spills():
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
+def test_default_tiles_compile_for_sm90_without_spills(dtype):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--sizes", "XL", "--json"],
+    proc = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--sizes", "XL", "--dtype", dtype, "--json"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     if proc.returncode == 2:
         pytest.skip(proc.stderr.strip().splitlines()[-1])
