@@ -154,12 +154,20 @@ def plot_fid_over_steps(cells: dict[tuple, list[dict]], path: Path) -> Path | No
             series[model_label(method, size, patch)] = pts
     if not any(len(p) > 1 for p in series.values()):
         return None
+    return _line_plot(series, path, "training iterations", "FID", marker="o", lw=1.4)
+
+
+def _line_plot(series: dict[str, list[tuple[float, float]]], path: Path, xlabel: str, ylabel: str, *,
+               marker: str | None = None, lw: float = 1.2, log_y: bool = False) -> Path:
+    """One labelled line per series, written to ``path``."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     for label, pts in series.items():
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", lw=1.4, label=label)
-    ax.set_xlabel("training iterations")
-    ax.set_ylabel("FID")
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, lw=lw, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if log_y:
+        ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -195,20 +203,8 @@ def plot_loss_curves(latest: list[dict], results_dir: Path, path: Path) -> Path 
                 curves[model_label(rec["method"], rec["size"], rec.get("patch_size"))] = pts
     if not curves:
         return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    for label, pts in curves.items():
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], lw=1.2, label=label)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("loss")
-    if all(p[1] > 0 for pts in curves.values() for p in pts):
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
+    positive = all(p[1] > 0 for pts in curves.values() for p in pts)
+    return _line_plot(curves, path, "training step", "loss", log_y=positive)
 
 
 # ------------------------------------------------------------------ dataset pages
