@@ -188,3 +188,19 @@ def test_kernel_page_says_which_kernel_version_was_measured():
     assert f"sha256 {current[:12]} (the current kernel)" in now
     assert "**not** the current" in old and "000000000000" in old and current[:12] in old
     assert "not recorded" in legacy
+
+
+def test_gpu_kernel_goals_are_recomputed_from_results():
+    shape = {"d": 1152, "seq": 256, "n": 32, "k": 2}
+    rows = [{"provider": p, "shape": name, "direction": "fwd+bwd", "median_ms": ms}
+            for p, name, ms in [("triton_fused", "XL-random", 1.25), ("dense_linear", "XL-random", 0.86),
+                                ("triton_fused", "XL-shared", 1.27), ("dense_linear", "XL-shared", 0.28)]]
+    stale = [{"shape": "XL-random", "goal": "throughput_vs_dense", "value": 0.69, "target": ">= 0.6", "passed": True}]
+    data = {"hardware": {"device_type": "cuda"}, "shapes": [{"name": "XL-random", **shape}, {"name": "XL-shared", **shape}],
+            "results": rows, "goals": stale}
+    page = rpt.kernels_page([("h100.json", data)])
+    line = next(x for x in page.splitlines() if x.startswith("| XL-random") and "throughput_vs_dense" in x)
+    assert "0.224" in line and "FAIL" in line  # 0.28 / 1.25 with the fastest dense time of the same rows
+    assert "recomputed" in page
+    cpu = {**data, "hardware": {"device_type": "cpu"}}
+    assert "0.69" in rpt.kernels_page([("cpu.json", cpu)])  # CPU records keep what they stored
