@@ -73,3 +73,15 @@ def test_whole_step_runs_each_method_and_gives_the_step_ratio():
     assert all(r.get("median_ms", 0) > 0 for r in rows.values()), whole
     (goal,) = bench.step_goals(whole)
     assert goal["value"] == pytest.approx(rows["switch_dit"]["median_ms"] / rows["dit"]["median_ms"])
+
+
+def test_gpu_check_summary_lists_every_goal():
+    from kernels import gpu_check
+
+    record = {"hardware": {"device": "H100"}, "results": [],
+              "goals": [{"shape": "XL", "goal": "throughput_vs_dense", "value": 0.7, "target": ">= 0.6", "passed": True}],
+              "step_goals": bench.step_goals({"rows": [{"method": "dit", "size": "XL", "median_ms": 90.0},
+                                                       {"method": "switch_dit", "size": "XL", "median_ms": 120.0}]})}
+    text = gpu_check._compact_table(record, [], None, [])
+    assert "GOAL PASS throughput_vs_dense" in text
+    assert "GOAL FAIL switch_dit_step_vs_dit" in text and "1.333" in text
