@@ -84,6 +84,16 @@ def _gate(g_ptr, idx_ptr, n, j, TOPK: tl.constexpr):
 
 
 @triton.jit
+def _tile_coords(pid, NROWS, NCOLS, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):
+    """(row-tile index, row indices, column indices, row mask, column mask) of tile `pid`, tiles row-major."""
+    num_c = tl.cdiv(NCOLS, BLOCK_C)
+    pid_r = pid // num_c
+    rr = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
+    rc = (pid % num_c) * BLOCK_C + tl.arange(0, BLOCK_C)
+    return pid_r, rr, rc, rr < NROWS, rc < NCOLS
+
+
+@triton.jit
 def _mixed_linear_kernel(
     a_ptr, w_ptr, b_ptr, idx_ptr, g_ptr, out_ptr,
     L, K, NOUT,
@@ -99,16 +109,9 @@ def _mixed_linear_kernel(
     the tile is computed transposed, out^T = Wmix^T @ a^T, which lets the
     register-mixed weights be the left dot operand.
     """
-    pid = tl.program_id(0)
     n = tl.cast(tl.program_id(1), tl.int64)
-    num_pid_n = tl.cdiv(NOUT, BLOCK_N)
-    pid_m = pid // num_pid_n
-    pid_n = pid % num_pid_n
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    _pid_m, rm, rn, m_ok, n_ok = _tile_coords(tl.program_id(0), L, NOUT, BLOCK_M, BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
-    m_ok = rm < L
-    n_ok = rn < NOUT
     a_base = a_ptr + n * L * K
 
     # Orientation of the tiles: [M, K] x [K, N] or, swapped, [N, K] x [K, M].
@@ -200,14 +203,8 @@ def _expert_grad_kernel(
     e = tl.program_id(1)
     s = tl.program_id(2)
     num_e = tl.num_programs(1)
-    num_o = tl.cdiv(DOUT, BLOCK_O)
-    pid_i = pid_t // num_o
-    pid_o = pid_t % num_o
-    ri = pid_i * BLOCK_I + tl.arange(0, BLOCK_I)
-    ro = pid_o * BLOCK_O + tl.arange(0, BLOCK_O)
+    pid_i, ri, ro, i_ok, o_ok = _tile_coords(pid_t, DIN, DOUT, BLOCK_I, BLOCK_O)
     rl = tl.arange(0, BLOCK_L)
-    i_ok = ri < DIN
-    o_ok = ro < DOUT
     tile_mask = i_ok[:, None] & o_ok[None, :]
     e64 = tl.cast(e, tl.int64)
 

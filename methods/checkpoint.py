@@ -143,6 +143,15 @@ def load_state_dict_checked(model: nn.Module, state: Mapping[str, torch.Tensor],
     model.load_state_dict(state, strict=True)
 
 
+def _stored_build(ckpt: Any) -> dict[str, Any] | None:
+    """Build arguments recorded in the checkpoint (this suite's format or an official config), else None."""
+    if isinstance(ckpt, Mapping) and ckpt.get("format") == CHECKPOINT_FORMAT:
+        return dict(ckpt["build"])
+    if isinstance(ckpt, Mapping) and isinstance(ckpt.get("config"), Mapping) and "models" in ckpt["config"]:
+        return official_build_kwargs(ckpt["config"])
+    return None
+
+
 def load_checkpoint(
     path: str | pathlib.Path,
     method: str | None = None,
@@ -153,15 +162,8 @@ def load_checkpoint(
 ) -> nn.Module:
     """Rebuild and load a model from any supported checkpoint; returns it in eval mode on the CPU."""
     ckpt = read_checkpoint(path)
-    if isinstance(ckpt, Mapping) and ckpt.get("format") == CHECKPOINT_FORMAT:
-        build = dict(ckpt["build"])
-        _check_method(path, build["method"], method)
-        if size is not None and size_name(size) != build["size"]:
-            raise ValueError(f"{path} is a size-{build['size']} checkpoint, not size {size}")
-        build = _merge_build(path, build, build_kw)
-        state = _pick_weights(ckpt, use_ema, path)
-    elif isinstance(ckpt, Mapping) and isinstance(ckpt.get("config"), Mapping) and "models" in ckpt["config"]:
-        build = official_build_kwargs(ckpt["config"])
+    build = _stored_build(ckpt)
+    if build is not None:  # ours or an official train.py checkpoint: it says what it holds
         _check_method(path, build["method"], method)
         if size is not None and size_name(size) != build["size"]:
             raise ValueError(f"{path} is a size-{build['size']} checkpoint, not size {size}")

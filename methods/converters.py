@@ -123,22 +123,12 @@ def official_build_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
         init = routing.get("init_method", "DTR")
         if init != "DTR":
             raise ValueError(f"reference DTR checkpoint uses init_method={init!r}; only the 'DTR' sliding-window mask is supported")
-        build["method"] = "dtr"
-        build["method_options"] = {
-            "alpha": 4.0,  # fixed in that code base
-            "beta": float(routing.get("sharing_ratio", 0.8)),
-            "num_tasks": int(routing.get("taskcount", 1000)),
-        }
-        return build
+        # alpha is fixed at 4 in that code base
+        return _dtr_build(build, 4.0, routing.get("sharing_ratio", 0.8), routing.get("taskcount", 1000))
     kind = routing.get("name")
     param = routing.get("param", {}) or {}
     if kind == "DTR":
-        build["method"] = "dtr"
-        build["method_options"] = {
-            "alpha": float(param.get("alpha", 4.0)),
-            "beta": float(param.get("beta", 0.8)),
-            "num_tasks": int(param.get("taskcount", 1000)),
-        }
+        _dtr_build(build, param.get("alpha", 4.0), param.get("beta", 0.8), param.get("taskcount", 1000))
     elif kind == "DMoE":
         build["method"] = "switch_dit"
         build["method_options"] = {
@@ -150,6 +140,12 @@ def official_build_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
         }
     else:
         raise ValueError(f"reference config has routing.name={kind!r}; supported: 'DTR', 'DMoE'")
+    return build
+
+
+def _dtr_build(build: dict[str, Any], alpha: Any, beta: Any, num_tasks: Any) -> dict[str, Any]:
+    build["method"] = "dtr"
+    build["method_options"] = {"alpha": float(alpha), "beta": float(beta), "num_tasks": int(num_tasks)}
     return build
 
 
