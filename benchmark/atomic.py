@@ -1,39 +1,4 @@
-"""Atomic file writes: a temporary file in the target's folder, then ``os.replace``.
+"""Atomic file writes for the harness: the one implementation lives in kernels/atomic.py."""
+from kernels.atomic import atomic_write, atomic_write_json, atomic_write_text
 
-Readers see the old file or the new one, never a half-written one, and a failed write
-leaves nothing behind. Every writer of records, checkpoints, caches, samples and reports
-in the harness goes through here.
-"""
-from __future__ import annotations
-
-import os
-import tempfile
-from pathlib import Path
-from typing import Callable
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], object], *, suffix: str = ".tmp") -> Path:
-    """Call ``write(tmp_path)`` and rename the result to ``path``; the error propagates, no file is left.
-
-    ``suffix`` is the temporary name's ending, for writers that append one themselves
-    (``np.savez`` adds ``.npz`` unless the name already ends with it).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    def write(tmp: str) -> None:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-
-    return atomic_write(path, write)
+__all__ = ["atomic_write", "atomic_write_json", "atomic_write_text"]

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import math
 import os
 import platform
@@ -40,7 +39,6 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -49,6 +47,7 @@ from typing import Callable
 import torch
 
 from . import moe_baselines, moe_torch
+from .atomic import atomic_write_json
 from .source import fused_kernel_sha256
 
 SIZES = {"S": 384, "B": 768, "L": 1024, "XL": 1152}
@@ -371,18 +370,7 @@ def device_slug(device) -> str:
 
 
 def write_json_atomic(record: dict, path: str) -> str:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(record, fh, indent=1, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return str(atomic_write_json(path, record, indent=1, default=str))
 
 
 def _find(results, provider, shape_name, direction):

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 import torch
 
+from kernels.atomic import atomic_write_text
 from kernels.bench import git_commit
 
 from .registry import METHODS, SIZES, build_model
@@ -263,10 +264,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         record["official_ratios"] = overhead_ratios([r for r in rows if r["method"] == "dit"] + record["official"])
     text = json.dumps(record, indent=2)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_name(args.out.name + ".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, args.out)
+        atomic_write_text(args.out, text + "\n")
     print(text)
     return record
 

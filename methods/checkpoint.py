@@ -14,12 +14,13 @@ Files are read with ``torch.load(weights_only=True)`` only (``methods.safe_load`
 """
 from __future__ import annotations
 
-import os
 import pathlib
 from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
+
+from kernels.atomic import atomic_write
 
 from .converters import convert_reference_state_dict, detect_method, infer_dit_build, official_build_kwargs, strip_prefixes
 from .registry import SIZES, build_model, size_name
@@ -77,12 +78,8 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(path: str | pathlib.Path, model: nn.Module, **kwargs: Any) -> pathlib.Path:
     """Write ``make_checkpoint(model, **kwargs)`` atomically (temp file + rename)."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(make_checkpoint(model, **kwargs), tmp)
-    os.replace(tmp, path)
-    return path
+    payload = make_checkpoint(model, **kwargs)
+    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 
 def read_checkpoint(path: str | pathlib.Path) -> Any:
