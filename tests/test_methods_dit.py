@@ -235,3 +235,19 @@ def test_unsafe_pickle_is_refused(tmp_path):
     torch.save({"model": {"w": torch.zeros(1)}, "hook": np.random.RandomState(0)}, path)  # an arbitrary class
     with pytest.raises(ValueError, match="cannot load .* safely"):
         methods.load_checkpoint(path, method="dit", size="debug")
+
+
+def test_failed_checkpoint_save_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch):
+    model, _ = _dit_with_random_weights(input_size=8, in_channels=1, num_classes=4)
+    path = methods.save_checkpoint(tmp_path / "ck.pt", model, step=1)
+    before = path.read_bytes()
+
+    def half_write(obj, f):
+        with open(f, "wb") as fh:
+            fh.write(b"PK partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        methods.save_checkpoint(path, model, step=2)
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
