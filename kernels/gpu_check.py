@@ -240,6 +240,42 @@ def _compact_table(record: dict, correctness: list[dict], sweep: dict | None, tu
     return "\n".join(lines)
 
 
+def profile_steps(device, dtype, size: str = "XL", steps: int = 3, batch: int = bench.NUM_SAMPLES,
+                  input_size: int = 32) -> dict:
+    """torch.profiler's top GPU kernels over a few whole steps of DiT and Switch-DiT: where the
+    step-time gap between them goes (text tables, printed and kept in the record)."""
+    import methods as method_pkg
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    keys = ("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",)
+    out = {}
+    for method in ("dit", "switch_dit"):
+        step, params = bench.make_step(method_pkg, method, size, device, dtype, batch, input_size)
+        step()
+        sync()
+        with profile(activities=activities) as prof:
+            for _ in range(steps):
+                step()
+                for p in params:
+                    p.grad = None
+            sync()
+        events = prof.key_averages()
+        for key in keys:
+            try:
+                out[method] = events.table(sort_by=key, row_limit=25, max_name_column_width=70)
+                break
+            except Exception:
+                continue
+        out[f"{method}_steps"] = steps
+        del step, params
+        if cuda:
+            torch.cuda.empty_cache()
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kernels.gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-s", type=float, default=280.0, help="stop optional work after this many seconds")
@@ -278,6 +314,21 @@ def main(argv=None) -> int:
             record["whole_step"] = bench.whole_step_benchmarks(device, torch.bfloat16, sizes=("XL",),
                                                                methods=("dit", "switch_dit"))
             record["step_goals"] = bench.step_goals(record["whole_step"])
+            _log(f"whole step {record['whole_step']['rows']}")
+        except Exception:
+            traceback.print_exc()
+    # Context for the step goal: the same Switch-DiT step on the plain-torch expert path,
+    # and the profiler's top kernels of both models.
+    if time.monotonic() < deadline(0.8):
+        try:
+            record["step_variants"] = bench.whole_step_benchmarks(
+                device, torch.bfloat16, sizes=("XL",), methods=("switch_dit",),
+                options={"switch_dit": {"moe_backend": "torch"}})
+            _log(f"step variants {record['step_variants']['rows']}")
+            record["step_profile"] = profile_steps(device, torch.bfloat16)
+            for method in ("dit", "switch_dit"):
+                print(f"--- profile {method}-XL, {record['step_profile'].get(method + '_steps')} steps ---\n"
+                      f"{record['step_profile'].get(method, '')}", flush=True)
         except Exception:
             traceback.print_exc()
 

@@ -62,6 +62,9 @@ def test_step_goal_needs_both_methods():
     assert goal["shape"] == "XL whole step" and goal["value"] == pytest.approx(103 / 90) and goal["passed"]
     whole["rows"][1]["median_ms"] = 104.0
     assert bench.step_goals(whole)[0]["passed"] is False  # 1.156 > 1.15
+    # A row built with other options (the plain-torch expert path) is context, never the goal's number.
+    whole["rows"].append({"method": "switch_dit", "size": "XL", "median_ms": 50.0, "options": {"moe_backend": "torch"}})
+    assert bench.step_goals(whole)[0]["value"] == pytest.approx(104 / 90)
     assert bench.step_goals(None) == []
 
 
@@ -73,6 +76,25 @@ def test_whole_step_runs_each_method_and_gives_the_step_ratio():
     assert all(r.get("median_ms", 0) > 0 for r in rows.values()), whole
     (goal,) = bench.step_goals(whole)
     assert goal["value"] == pytest.approx(rows["switch_dit"]["median_ms"] / rows["dit"]["median_ms"])
+
+
+def test_whole_step_options_reach_the_model_and_the_row():
+    whole = bench.whole_step_benchmarks(torch.device("cpu"), torch.float32, sizes=("debug",), methods=("switch_dit",),
+                                        batch=2, input_size=8, cpu_reps=1,
+                                        options={"switch_dit": {"moe_backend": "nonsense"}})
+    (row,) = whole["rows"]
+    assert row["options"] == {"moe_backend": "nonsense"} and "median_ms" not in row
+    assert "nonsense" in row["error"] and "moe_backend" in row["error"]
+
+
+def test_step_profile_names_each_models_top_ops():
+    from kernels import gpu_check
+
+    prof = gpu_check.profile_steps(torch.device("cpu"), torch.float32, size="debug", steps=1, batch=2, input_size=8)
+    assert prof["dit_steps"] == prof["switch_dit_steps"] == 1
+    for method in ("dit", "switch_dit"):
+        assert "Self CPU" in prof[method] and "aten::" in prof[method]
+    assert "aten::mm" in prof["dit"] or "aten::addmm" in prof["dit"]
 
 
 def test_gpu_check_summary_lists_every_goal():
