@@ -130,8 +130,9 @@ def tile_sweep(device, deadline: float) -> dict:
     timer = lambda fn: float(triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median"))  # noqa: E731
     out = {"shape": shape.name, "mm": [], "grad": []}
     default_mm = mt.mm_tiles(shape.seq, shape.d, shape.d)
+    default_dx = mt.mm_tiles(shape.seq, shape.d, shape.d, transpose_w=True)
     default_grad = mt.grad_tiles(shape.seq, shape.d, shape.d)
-    out["default_mm"], out["default_grad"] = repr(default_mm), repr(default_grad)
+    out["default_mm"], out["default_dx"], out["default_grad"] = repr(default_mm), repr(default_dx), repr(default_grad)
     for cand in MM_CANDIDATES:
         if time.monotonic() > deadline:
             break
@@ -160,9 +161,11 @@ def tile_sweep(device, deadline: float) -> dict:
     ok_mm = [r for r in out["mm"] if "fwd_ms" in r]
     ok_grad = [r for r in out["grad"] if "dparams_ms" in r]
     if ok_mm:
-        best = min(ok_mm, key=lambda r: r["fwd_ms"] + r["dx_ms"])
-        out["best_mm"] = best
-        out["best_mm_index"] = out["mm"].index(best)
+        # The forward and dx launches take their tiles from separate table rows.
+        for key, field in (("mm", "fwd_ms"), ("dx", "dx_ms")):
+            best = min(ok_mm, key=lambda r: r[field])
+            out[f"best_{key}"] = best
+            out[f"best_{key}_index"] = out["mm"].index(best)
     if ok_grad:
         best = min(ok_grad, key=lambda r: r["dparams_ms"])
         out["best_grad"] = best
@@ -174,18 +177,19 @@ def tuned_rerun(device, sweep: dict, deadline: float) -> dict | None:
     """Fused-kernel XL numbers with the sweep's best tiles (when not the table's)."""
     from . import moe_triton as mt
 
-    if "best_mm_index" not in sweep or "best_grad_index" not in sweep or time.monotonic() > deadline:
+    if any(f"best_{k}_index" not in sweep for k in ("mm", "dx", "grad")) or time.monotonic() > deadline:
         return None
     mm = mt.MMTiles(*MM_CANDIDATES[sweep["best_mm_index"]])
+    dx = mt.MMTiles(*MM_CANDIDATES[sweep["best_dx_index"]])
     gc = GRAD_CANDIDATES[sweep["best_grad_index"]]
     grad, split = mt.GradTiles(*gc[:5]), gc[5]
-    if repr(mm) == sweep["default_mm"] and repr(grad) == sweep["default_grad"] and split is None:
+    if (repr(mm), repr(dx), repr(grad), split) == (sweep["default_mm"], sweep["default_dx"], sweep["default_grad"], None):
         return {"note": "table tiles were already the best swept", "goals": []}
     shapes = [bench.Shape("XL", bench.SIZES["XL"], 256, routing=r) for r in bench.ROUTINGS]
-    with mt.override_tiles(mm=mm, grad=grad, split=split):
+    with mt.override_tiles(mm=mm, dx=dx, grad=grad, split=split):
         rec = bench.run_benchmarks(device=device, dtype=torch.bfloat16, shapes=shapes, out_dir=None,
                                    providers=["triton_fused"], verbose=False, deadline=deadline)
-    return {"mm": repr(mm), "grad": repr(grad), "split": split, "results": rec["results"]}
+    return {"mm": repr(mm), "dx": repr(dx), "grad": repr(grad), "split": split, "results": rec["results"]}
 
 
 def _merge_tuned_goals(record: dict, tuned: dict | None) -> list[dict]:
@@ -225,9 +229,22 @@ def _compact_table(record: dict, correctness: list[dict], sweep: dict | None, tu
             extra = r.get("extra_mem_mb")
             lines.append(f"{r['provider']:<13} {r['shape']:<28} {r['direction']:<8} {r['median_ms']:>8.3f} "
                          f"{r['tflops']:>8.1f} {pct:>6.1f} {'-' if extra is None else str(round(extra)):>8}")
+    host = (record.get("host_overhead") or {}).get("rows", [])
+    if host:
+        lines.append("\nhost time per fwd+bwd call vs do_bench (GPU idles when host > GPU):")
+        for r in host:
+            bench_ms = "-" if r.get("do_bench_ms") is None else f"{1e3 * r['do_bench_ms']:.0f}"
+            lines.append(f"  {r['path']:<13} {r['shape']:<28} host {r['host_us_per_call']:7.0f} us  "
+                         f"wall {r['wall_us_per_call']:7.0f} us  do_bench {bench_ms:>6} us")
+    for key in ("whole_step", "step_variants"):
+        for r in (record.get(key) or {}).get("rows", []):
+            lines.append(f"step {r['method']}-{r['size']} {r.get('options') or ''} "
+                         f"{r.get('median_ms', float('nan')):.1f} ms {r.get('error', '')}")
     if sweep:
         if "best_mm" in sweep:
-            lines.append(f"\nsweep best mm tiles  : {sweep['best_mm']}  (table: {sweep['default_mm']})")
+            lines.append(f"\nsweep best fwd tiles : {sweep['best_mm']}  (table: {sweep['default_mm']})")
+        if "best_dx" in sweep:
+            lines.append(f"sweep best dx tiles  : {sweep['best_dx']}  (table: {sweep.get('default_dx')})")
         if "best_grad" in sweep:
             lines.append(f"sweep best grad tiles: {sweep['best_grad']}  (table: {sweep['default_grad']})")
     lines.append("")
@@ -238,6 +255,65 @@ def _compact_table(record: dict, correctness: list[dict], sweep: dict | None, tu
         lines.append("with the sweep's best tiles:")
         lines.append(bench.format_goals(tuned_goals))
     return "\n".join(lines)
+
+
+def host_overhead(device, calls: int = 40, shapes=None, dtype=torch.bfloat16, profile_calls: int = 20) -> dict:
+    """Host time per forward+backward call against the GPU time do_bench reports.
+
+    A call whose host time exceeds its GPU time leaves the GPU idle between
+    calls, so do_bench then measures the Python/dispatch path, not the kernels.
+    Compared: the fused op's eager path (autograd.Function), the same kernels
+    through the torch.library custom op (the torch.compile path), and the
+    dense nn.Linear reference; at XL/L=256 and B/L=64 (the smallest work).
+    `calls` stays under the CUDA launch queue so the host never blocks on it.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    from . import moe_triton as mt
+
+    paths = {"triton_fused": bench._moe_provider(bench._triton_fn),
+             "custom_op": bench._moe_provider(lambda *a: mt.moe_linear_fused(*a)),
+             "dense_linear": bench._build_dense}
+    cuda = device.type == "cuda"
+    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    shapes = shapes or [bench.Shape("XL", bench.SIZES["XL"], 256), bench.Shape("B", bench.SIZES["B"], 64)]
+    rows, tables = [], {}
+    for shape in shapes:
+        inp = bench.make_inputs(shape, device, dtype)
+        for name, build in paths.items():
+            call, leaves, dy = build(inp)
+
+            def fwd_bwd():
+                call().backward(dy)
+                for t in leaves:
+                    t.grad = None
+
+            fwd_bwd()
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fwd_bwd()
+            host = time.perf_counter() - t0
+            sync()
+            wall = time.perf_counter() - t0
+            row = {"shape": shape.name, "path": name, "host_us_per_call": 1e6 * host / calls,
+                   "wall_us_per_call": 1e6 * wall / calls,
+                   "do_bench_ms": bench._time_cuda(fwd_bwd, leaves) if cuda else None}
+            rows.append(row)
+            _log(f"host overhead {row}")
+            if name == "triton_fused" and shape is shapes[-1]:
+                activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+                with profile(activities=activities) as prof:
+                    for _ in range(profile_calls):
+                        fwd_bwd()
+                    sync()
+                tables[shape.name] = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20,
+                                                               max_name_column_width=60)
+                print(f"--- host profile, {profile_calls} fused fwd+bwd at {shape.name} ---\n{tables[shape.name]}", flush=True)
+        del inp
+        if cuda:
+            torch.cuda.empty_cache()
+    return {"calls": calls, "rows": rows, "profiles": tables}
 
 
 def profile_steps(device, dtype, size: str = "XL", steps: int = 3, batch: int = bench.NUM_SAMPLES,
@@ -306,6 +382,12 @@ def main(argv=None) -> int:
     except Exception:
         traceback.print_exc()
         record = {"results": [], "goals": [], "error": traceback.format_exc()}
+
+    if time.monotonic() < deadline(0.68):
+        try:
+            record["host_overhead"] = host_overhead(device)
+        except Exception:
+            traceback.print_exc()
 
     # The step goal before the (optional) tile sweep: it is one of the four bars.
     if time.monotonic() < deadline(0.75):

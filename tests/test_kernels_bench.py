@@ -97,6 +97,17 @@ def test_step_profile_names_each_models_top_ops():
     assert "aten::mm" in prof["dit"] or "aten::addmm" in prof["dit"]
 
 
+def test_host_overhead_times_each_path_and_profiles_the_fused_one():
+    from kernels import gpu_check
+
+    shape = bench.Shape("tiny", 32, 8, n=4)
+    out = gpu_check.host_overhead(torch.device("cpu"), calls=2, shapes=[shape], dtype=torch.float32, profile_calls=1)
+    assert [r["path"] for r in out["rows"]] == ["triton_fused", "custom_op", "dense_linear"]
+    assert all(r["host_us_per_call"] > 0 and r["wall_us_per_call"] >= r["host_us_per_call"] for r in out["rows"])
+    # Eager training goes through the light autograd.Function, not the custom op's dispatch layers.
+    assert "_FusedMoELinearBackward" in out["profiles"][shape.name]
+
+
 def test_gpu_check_summary_lists_every_goal():
     from kernels import gpu_check
 
@@ -104,6 +115,9 @@ def test_gpu_check_summary_lists_every_goal():
               "goals": [{"shape": "XL", "goal": "throughput_vs_dense", "value": 0.7, "target": ">= 0.6", "passed": True}],
               "step_goals": bench.step_goals({"rows": [{"method": "dit", "size": "XL", "median_ms": 90.0},
                                                        {"method": "switch_dit", "size": "XL", "median_ms": 120.0}]})}
+    record["host_overhead"] = {"rows": [{"shape": "XL", "path": "triton_fused", "host_us_per_call": 210.0,
+                                         "wall_us_per_call": 480.0, "do_bench_ms": 0.47}]}
     text = gpu_check._compact_table(record, [], None, [])
+    assert "host     210 us" in text and "do_bench    470 us" in text
     assert "GOAL PASS throughput_vs_dense" in text
     assert "GOAL FAIL switch_dit_step_vs_dit" in text and "1.333" in text
