@@ -118,8 +118,10 @@ GRAD_CANDIDATES = [  # (BI, BO, BL, warps, stages, split or None for automatic)
 ]
 
 
-def tile_sweep(device, deadline: float) -> dict:
+def tile_sweep(device, deadline: float, mm_candidates=None, grad_candidates=None) -> dict:
     """Time forward, dx and the expert-gradient kernel over a few tile configs at XL."""
+    mm_candidates = MM_CANDIDATES if mm_candidates is None else mm_candidates
+    grad_candidates = GRAD_CANDIDATES if grad_candidates is None else grad_candidates
     import triton.testing
 
     from . import moe_triton as mt
@@ -133,7 +135,7 @@ def tile_sweep(device, deadline: float) -> dict:
     default_dx = mt.mm_tiles(shape.seq, shape.d, shape.d, transpose_w=True)
     default_grad = mt.grad_tiles(shape.seq, shape.d, shape.d)
     out["default_mm"], out["default_dx"], out["default_grad"] = repr(default_mm), repr(default_dx), repr(default_grad)
-    for cand in MM_CANDIDATES:
+    for cand in mm_candidates:
         if time.monotonic() > deadline:
             break
         tiles = mt.MMTiles(*cand)
@@ -146,7 +148,7 @@ def tile_sweep(device, deadline: float) -> dict:
             row["error"] = f"{type(exc).__name__}: {exc}"[:300]
         out["mm"].append(row)
         _log(f"sweep mm   {row}")
-    for cand in GRAD_CANDIDATES:
+    for cand in grad_candidates:
         if time.monotonic() > deadline:
             break
         tiles = mt.GradTiles(*cand[:5])
