@@ -546,8 +546,8 @@ def _fused_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
     return dx, dw, db, dg
 
 
-# Eager backward calls `_fused_backward` directly (one dispatcher hop fewer per
-# layer); under torch.compile the op keeps the launches opaque to the tracer.
+# Eager training (`_FusedMoELinear`) calls `_fused_backward` directly; the custom op's
+# backward (torch.compile) goes through this op, which keeps the launches opaque to the tracer.
 moe_linear_fused_backward = torch.library.custom_op("dit_bench::moe_linear_backward", mutates_args=())(_fused_backward)
 
 
@@ -564,17 +564,22 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(x, weight, bias, expert_idx, gates)
 
 
-def _backward(ctx, grad_out):
+def _backward_with(backward, ctx, grad_out):
     x, weight, bias, expert_idx, gates = ctx.saved_tensors
     need = ctx.needs_input_grad
     need_dparams = bool(need[1] or need[2] or need[4])
-    backward = moe_linear_fused_backward if torch.compiler.is_compiling() else _fused_backward
     dx, dw, db, dg = backward(grad_out, x, weight, bias, expert_idx, gates, bool(need[0]), need_dparams)
     return (dx if need[0] else None, dw if need[1] else None, db if need[2] else None,
             None, dg if need[4] else None)
 
 
-moe_linear_fused.register_autograd(_backward, setup_context=_setup_context)
+def _op_backward(ctx, grad_out):
+    # The custom op is the torch.compile path: its backward is traced with fake tensors (by AOT
+    # autograd, where is_compiling() may be False), so it must be the opaque op, never a launch.
+    return _backward_with(moe_linear_fused_backward, ctx, grad_out)
+
+
+moe_linear_fused.register_autograd(_op_backward, setup_context=_setup_context)
 
 
 class _FusedMoELinear(torch.autograd.Function):
@@ -590,7 +595,7 @@ class _FusedMoELinear(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        return _backward(ctx, grad_out)
+        return _backward_with(_fused_backward, ctx, grad_out)
 
 
 def moe_linear_triton(x, weight, bias, expert_idx, gates):

@@ -113,6 +113,27 @@ def test_compile_traces_triton_op():
     check(run(compiled, *case, dy=dy), run(torch_fn, *case, dy=dy), 2 * TOL[torch.float32])
 
 
+def test_traced_backward_is_the_opaque_op():
+    """AOT autograd traces the custom op's backward with fake tensors, and on some torch
+    versions outside dynamo (is_compiling() is False there). The traced backward must be the
+    opaque backward op, never a kernel launch: a launch on fake tensors fails on a GPU
+    ("Cannot access data pointer of Tensor")."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    from kernels.moe_triton import moe_linear_fused
+
+    def grads(x, w, b, idx, g, dy):
+        out = moe_linear_fused(x, w, b, idx, g)
+        return torch.autograd.grad(out, (x, w, b, g), dy)
+
+    x, w, b, idx, g = make_case(2, 4, 12, 16, 3, 2)
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b)]
+    gm = make_fx(grads, tracing_mode="fake")(*leaves, idx, g.detach().clone().requires_grad_(True),
+                                              torch.randn(2, 4, 16).to(DEVICE))
+    targets = {str(n.target) for n in gm.graph.nodes if n.op == "call_function"}
+    assert "dit_bench.moe_linear_backward.default" in targets, targets
+
+
 def test_fake_impl_gives_shapes():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
