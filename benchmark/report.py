@@ -385,15 +385,17 @@ def _scalar_text(value: Any) -> str:
     return "n/a" if value is None else str(value)
 
 
-def _kernel_version_note(recorded: Any, current: str | None) -> str:
+def _kernel_version_note(recorded: Any, current: str | None, commit: Any = None) -> str:
     """Whether a record's fused-kernel numbers belong to the kernel source in this tree."""
     if not recorded:
         return ("fused kernel source: not recorded (this record predates source hashes; "
                 "its triton_fused numbers may come from an earlier kernels/moe_triton.py)")
     if current is None or recorded == current:
         return f"fused kernel source: sha256 {str(recorded)[:12]}" + (" (the current kernel)" if current else "")
+    since = f" (`git log {str(commit)[:12]}.. -- kernels/moe_triton.py` lists the changes)" if commit else ""
     return (f"fused kernel source: sha256 {str(recorded)[:12]}, **not** the current kernels/moe_triton.py "
-            f"({current[:12]}): its triton_fused numbers are from an earlier kernel")
+            f"({current[:12]}): the file changed after this record{since}, so its triton_fused numbers "
+            "may not hold for the current one")
 
 
 def _kernel_goals(data: dict) -> tuple[list, bool]:
@@ -405,6 +407,47 @@ def _kernel_goals(data: dict) -> tuple[list, bool]:
         return kernel_bench.evaluate_goals(data), True
     except (KeyError, TypeError, ValueError, ZeroDivisionError):  # a record of another layout: keep its own goals
         return stored, False
+
+
+def _step_lines(data: dict) -> list[str]:
+    """Whole training steps (gpu_check's whole_step/step_variants, step_probe's rows and ratios)."""
+    rows = [r for key in ("whole_step", "step_variants") for r in ((data.get(key) or {}).get("rows") or [])]
+    if data.get("kind") == "step_probe":
+        rows += list(data.get("rows") or [])
+    rows = [r for r in rows if isinstance(r, dict)]
+    lines: list[str] = []
+    if rows:
+        table = [{"Method": _scalar_text(r.get("method")), "Size": _scalar_text(r.get("size")),
+                  "Batch": _scalar_text(r.get("batch")), "Mode": "compiled" if r.get("compiled") else "eager",
+                  "Options": _scalar_text(r.get("options") or "-"), "Median ms": _scalar_text(r.get("median_ms")),
+                  "Peak MB": _scalar_text(r.get("peak_mem_mb")),
+                  "Error": str(r.get("error") or "").splitlines()[0][:90] if r.get("error") else ""} for r in rows]
+        lines += ["Whole training step (forward with auxiliary losses + backward, bf16 autocast):", "",
+                  _markdown_table(table, ["Method", "Size", "Batch", "Mode", "Options", "Median ms", "Peak MB",
+                                          "Error"]), ""]
+    ratios = [r for r in (data.get("ratios") or []) if isinstance(r, dict)]
+    if ratios:
+        table = [{"Batch": _scalar_text(r.get("batch")), "Mode": "compiled" if r.get("compiled") else "eager",
+                  "Repeat": _scalar_text(r.get("repeat")), "DiT ms": _scalar_text(r.get("dit_ms")),
+                  "Switch-DiT ms": _scalar_text(r.get("switch_dit_ms")), "Ratio": _scalar_text(r.get("ratio"))}
+                 for r in ratios]
+        lines += ["Switch-DiT / DiT step time:", "",
+                  _markdown_table(table, ["Batch", "Mode", "Repeat", "DiT ms", "Switch-DiT ms", "Ratio"]), ""]
+    return lines
+
+
+def _host_lines(data: dict) -> list[str]:
+    """Host time per fused fwd+bwd call against do_bench's time (gpu_check's host_overhead)."""
+    rows = [r for r in ((data.get("host_overhead") or {}).get("rows") or []) if isinstance(r, dict)]
+    if not rows:
+        return []
+    us = lambda v: "n/a" if v is None else f"{1e3 * v:.0f}"  # noqa: E731
+    table = [{"Path": _scalar_text(r.get("path")), "Shape": _scalar_text(r.get("shape")),
+              "Host us/call": f"{r.get('host_us_per_call', float('nan')):.0f}",
+              "Wall us/call": f"{r.get('wall_us_per_call', float('nan')):.0f}",
+              "do_bench us": us(r.get("do_bench_ms"))} for r in rows]
+    return ["Host time per forward+backward call (the GPU idles whenever the host takes longer than the kernels):",
+            "", _markdown_table(table, ["Path", "Shape", "Host us/call", "Wall us/call", "do_bench us"]), ""]
 
 
 def kernels_page(entries: list[tuple[str, Any]], current_kernel: str | None = None) -> str:
@@ -428,7 +471,7 @@ def kernels_page(entries: list[tuple[str, Any]], current_kernel: str | None = No
             continue
         meta = [f"hardware: {_scalar_text(data.get('hardware', {})) or 'n/a'}",
                 f"dtype: {_scalar_text(data.get('dtype'))}", f"commit: {str(data.get('git_commit') or 'n/a')[:12]}"]
-        lines += ["; ".join(meta), "", _kernel_version_note(data.get("fused_kernel_sha256"), current_kernel), ""]
+        lines += ["; ".join(meta), "", _kernel_version_note(data.get("fused_kernel_sha256"), current_kernel, data.get("git_commit")), ""]
         results = [r for r in data.get("results", []) if isinstance(r, dict)]
         results.sort(key=lambda r: (_scalar_text(r.get("shape")), str(r.get("direction")), str(r.get("provider"))))
         if results:
@@ -448,6 +491,7 @@ def kernels_page(entries: list[tuple[str, Any]], current_kernel: str | None = No
             if recomputed:
                 lines += ["Kernel goals recomputed from the results with the current rules of kernels/bench.py "
                           "(dense reference: the fastest dense_linear time of the same rows over the routings).", ""]
+        lines += _host_lines(data) + _step_lines(data)
         ran = data.get("providers_ran")
         if ran:
             lines += [f"Providers ran: {', '.join(sorted(map(str, ran)))}", ""]

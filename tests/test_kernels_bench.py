@@ -121,3 +121,17 @@ def test_gpu_check_summary_lists_every_goal():
     assert "host     210 us" in text and "do_bench    470 us" in text
     assert "GOAL PASS throughput_vs_dense" in text
     assert "GOAL FAIL switch_dit_step_vs_dit" in text and "1.333" in text
+
+
+def test_step_probe_pairs_dit_and_switch_dit_per_batch_mode_and_repeat():
+    from kernels.step_probe import ratios
+
+    rows = [{"method": "dit", "batch": 32, "median_ms": 88.0}, {"method": "switch_dit", "batch": 32, "median_ms": 132.0},
+            {"method": "dit", "batch": 32, "repeat": 1, "median_ms": 90.0},
+            {"method": "switch_dit", "batch": 32, "repeat": 1, "median_ms": 99.0},
+            {"method": "dit", "batch": 32, "compiled": True, "median_ms": 58.0},
+            {"method": "switch_dit", "batch": 32, "compiled": True, "error": "BackendCompilerFailed"},
+            {"method": "dit", "batch": 64, "median_ms": 160.0}]  # no Switch-DiT at 64: no ratio
+    out = ratios(rows)
+    assert [(r["batch"], r["compiled"], r["repeat"]) for r in out] == [(32, False, 0), (32, False, 1)]
+    assert out[0]["ratio"] == pytest.approx(1.5) and out[1]["ratio"] == pytest.approx(1.1)

@@ -204,3 +204,26 @@ def test_gpu_kernel_goals_are_recomputed_from_results():
     assert "recomputed" in page
     cpu = {**data, "hardware": {"device_type": "cpu"}}
     assert "0.69" in rpt.kernels_page([("cpu.json", cpu)])  # CPU records keep what they stored
+
+
+def test_kernel_page_shows_steps_host_time_and_probe_ratios():
+    gpu = {"whole_step": {"rows": [{"method": "dit", "size": "XL", "batch": 32, "median_ms": 88.2, "peak_mem_mb": 16288.4},
+                                   {"method": "switch_dit", "size": "XL", "batch": 32, "median_ms": 135.4}]},
+           "step_variants": {"rows": [{"method": "switch_dit", "size": "XL", "batch": 32,
+                                       "options": {"moe_backend": "torch"}, "median_ms": 166.5}]},
+           "host_overhead": {"rows": [{"path": "triton_fused", "shape": "XL-random", "host_us_per_call": 781.3,
+                                       "wall_us_per_call": 783.2, "do_bench_ms": 0.8971}]}}
+    probe = {"kind": "step_probe", "rows": [{"method": "switch_dit", "size": "XL", "batch": 32, "compiled": True,
+                                             "error": "BackendCompilerFailed: boom\nmore"}],
+             "ratios": [{"batch": 64, "compiled": False, "repeat": 0, "dit_ms": 160.7, "switch_dit_ms": 225.1,
+                         "ratio": 225.1 / 160.7}]}
+    page = rpt.kernels_page([("gpu.json", gpu), ("probe.json", probe)])
+    gpu_part, probe_part = page.split("## probe.json")
+    rows = [x for x in gpu_part.splitlines() if x.startswith("| switch_dit")]
+    assert any("eager" in x and "135.4" in x for x in rows)
+    assert any("moe_backend=torch" in x and "166.5" in x for x in rows)
+    host = next(x for x in gpu_part.splitlines() if x.startswith("| triton_fused"))
+    assert "| 781 " in host and "| 897 " in host  # us: host time against do_bench's 0.8971 ms
+    assert "compiled" in probe_part and "BackendCompilerFailed: boom" in probe_part and "more" not in probe_part
+    ratio = next(x for x in probe_part.splitlines() if x.startswith("| 64"))
+    assert "1.401" in ratio
