@@ -299,8 +299,9 @@ MM_TABLE: tuple[tuple[float, MMTiles], ...] = (
     # H100 sweep at D=1152, L=256 (results/kernels): 256x128 tiles 0.091 ms vs 0.111 for 128x128.
     (math.inf, MMTiles(256, 128, 64, 8, 3, swap_ab=False)),
 )
-# dx = dy @ Wmix^T reads the weight transposed; there 256x128 tiles were 0.17 ms vs 0.108 for
-# 128x128 with the mixed tile on the left (same sweep).
+# dx = dy @ Wmix^T reads the weight transposed. 128x128 tiles with the mixed tile on the left took
+# 0.108-0.110 ms in both H100 sweeps; 256x128 took 0.166 ms in one and 0.090 in the other, so the
+# row stays until a sweep settles it.
 DX_TABLE: tuple[tuple[float, MMTiles], ...] = (
     (512, MMTiles(128, 64, 64, 4, 4, swap_ab=True)),
     (math.inf, MMTiles(128, 128, 64, 8, 3, swap_ab=True)),
