@@ -259,6 +259,29 @@ def _compact_table(record: dict, correctness: list[dict], sweep: dict | None, tu
     return "\n".join(lines)
 
 
+def write_record(record: dict, name: str, quiet: bool = False) -> None:
+    """Write a GPU record to $OUT (what comes back from a lent machine) and to results/kernels/;
+    a failed write is printed, never fatal (the other copy and the printed summary remain)."""
+    for out_dir in (os.environ.get("OUT"), "results/kernels"):
+        if not out_dir:
+            continue
+        try:
+            path = bench.write_json_atomic(record, os.path.join(out_dir, name))
+            if not quiet:
+                _log(f"wrote {path}")
+        except Exception:
+            traceback.print_exc()
+
+
+def _profiling(device) -> tuple:
+    """(synchronize, profiler activities) for `device`: CUDA adds a device sync and GPU kernel times."""
+    from torch.profiler import ProfilerActivity
+
+    if device.type == "cuda":
+        return (lambda: torch.cuda.synchronize(device)), [ProfilerActivity.CPU, ProfilerActivity.CUDA]
+    return (lambda: None), [ProfilerActivity.CPU]
+
+
 def host_overhead(device, calls: int = 40, shapes=None, dtype=torch.bfloat16, profile_calls: int = 20) -> dict:
     """Host time per forward+backward call against the GPU time do_bench reports.
 
@@ -269,15 +292,15 @@ def host_overhead(device, calls: int = 40, shapes=None, dtype=torch.bfloat16, pr
     dense nn.Linear reference; at XL/L=256 and B/L=64 (the smallest work).
     `calls` stays under the CUDA launch queue so the host never blocks on it.
     """
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import profile
 
     from . import moe_triton as mt
 
     paths = {"triton_fused": bench._moe_provider(bench._triton_fn),
-             "custom_op": bench._moe_provider(lambda *a: mt.moe_linear_fused(*a)),
+             "custom_op": bench._moe_provider(mt.moe_linear_fused),
              "dense_linear": bench._build_dense}
     cuda = device.type == "cuda"
-    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
+    sync, activities = _profiling(device)
     shapes = shapes or [bench.Shape("XL", bench.SIZES["XL"], 256), bench.Shape("B", bench.SIZES["B"], 64)]
     rows, tables = [], {}
     for shape in shapes:
@@ -304,7 +327,6 @@ def host_overhead(device, calls: int = 40, shapes=None, dtype=torch.bfloat16, pr
             rows.append(row)
             _log(f"host overhead {row}")
             if name == "triton_fused" and shape is shapes[-1]:
-                activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
                 with profile(activities=activities) as prof:
                     for _ in range(profile_calls):
                         fwd_bwd()
@@ -323,11 +345,10 @@ def profile_steps(device, dtype, size: str = "XL", steps: int = 3, batch: int = 
     """torch.profiler's top GPU kernels over a few whole steps of DiT and Switch-DiT: where the
     step-time gap between them goes (text tables, printed and kept in the record)."""
     import methods as method_pkg
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import profile
 
     cuda = device.type == "cuda"
-    sync = (lambda: torch.cuda.synchronize(device)) if cuda else (lambda: None)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    sync, activities = _profiling(device)
     keys = ("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",)
     out = {}
     for method in ("dit", "switch_dit"):
@@ -427,15 +448,7 @@ def main(argv=None) -> int:
 
     record.update(kind="kernel_gpu_check", correctness=correctness, tile_sweep=sweep, tuned=tuned,
                   tuned_goals=tuned_goals, wall_s=time.monotonic() - start)
-    stamp = _dt.date.today().strftime("%Y%m%d")
-    name = f"{bench.device_slug(device)}-{stamp}.json"
-    for out_dir in (os.environ.get("OUT"), "results/kernels"):
-        if not out_dir:
-            continue
-        try:
-            _log(f"wrote {bench.write_json_atomic(record, os.path.join(out_dir, name))}")
-        except Exception:
-            traceback.print_exc()
+    write_record(record, f"{bench.device_slug(device)}-{_dt.date.today():%Y%m%d}.json")
     print(_compact_table(record, correctness, sweep, tuned_goals), flush=True)
     ok = correctness and all(r.get("passed") for r in correctness)
     return 0 if ok else 1

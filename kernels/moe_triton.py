@@ -45,7 +45,7 @@ The first version of the gradient kernel looped over all N*k slots in every
 program, skipped the ones of other experts with a branch and ran a separate
 4-step pipelined loop per sample; on an H100 (bf16, D=1152, 32 x 256 tokens)
 that made dparams about 1 ms of a 1.25 ms forward+backward
-(results/kernels/nvidia-h100-80gb-hbm3-20261126.json).
+(results/kernels/history/nvidia-h100-80gb-hbm3-20261126-2369791.json).
 
 Accumulation is fp32; inputs are fp32 (tf32 dots on GPU), fp16 or bf16.
 Tile sizes come from a small table keyed by D (no multi-config autotune: it

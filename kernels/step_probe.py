@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import os
 import sys
 import time
 import traceback
@@ -27,7 +26,7 @@ import traceback
 import torch
 
 from . import bench
-from .gpu_check import _log, tile_sweep
+from .gpu_check import _log, tile_sweep, write_record
 
 # (BI, BO, BL, warps, stages, split); the first two are the table's XL row and the best of the first sweep.
 EXTRA_GRAD_CANDIDATES = [
@@ -69,12 +68,7 @@ def main(argv=None) -> int:
     def save():  # after every section: a run cut short still leaves its record
         record["ratios"] = ratios(record["rows"])
         record["wall_s"] = time.monotonic() - start
-        for out_dir in (os.environ.get("OUT"), "results/kernels"):
-            if out_dir:
-                try:
-                    bench.write_json_atomic(record, os.path.join(out_dir, name))
-                except Exception:
-                    traceback.print_exc()
+        write_record(record, name, quiet=True)
 
     # The compiled pair last: compiling two XL models takes minutes.
     plan = [(32, False, 0), (64, False, 0), (32, False, 1), "sweep", (32, True, 0)]
