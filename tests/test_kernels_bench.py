@@ -135,3 +135,20 @@ def test_step_probe_pairs_dit_and_switch_dit_per_batch_mode_and_repeat():
     out = ratios(rows)
     assert [(r["batch"], r["compiled"], r["repeat"]) for r in out] == [(32, False, 0), (32, False, 1)]
     assert out[0]["ratio"] == pytest.approx(1.5) and out[1]["ratio"] == pytest.approx(1.1)
+
+
+def test_default_grid_is_the_issue_grid():
+    shapes = bench.default_shapes()
+    grid = {(s.d, s.seq, s.routing) for s in shapes}
+    assert grid == {(d, seq, r) for d in (384, 768, 1024, 1152) for seq in (256, 64) for r in ("random", "shared")}
+    assert len(shapes) == len(grid) and all((s.n, s.e, s.k) == (32, 3, 2) for s in shapes)
+
+
+def test_h100_peaks_are_the_spec_and_measured_figures(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    peaks = bench.device_peaks(torch.device("cuda"))
+    assert peaks["matched"] == "H100"
+    assert (peaks["spec_tflops"]["bfloat16"], peaks["spec_gbs"]) == (989, 3350)
+    assert (peaks["measured_tflops"]["bfloat16"], peaks["measured_gbs"]) == (800, 3000)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
+    assert bench.device_peaks(torch.device("cuda"))["matched"] == "H100 PCIe"  # not the SXM figures
