@@ -251,3 +251,53 @@ def test_failed_checkpoint_save_leaves_the_old_file_and_no_temp(tmp_path, monkey
     with pytest.raises(OSError, match="disk full"):
         methods.save_checkpoint(path, model, step=2)
     assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["ck.pt"]
+
+
+def _naive_routed_block(block, x, c, delta):
+    """The routed block exactly as the papers write it: r = x·m; r += A(r); r += M(r); r + (1 − m)·x."""
+    sh1, sc1, g1, sh2, sc2, g2 = block.adaLN_modulation(c).chunk(6, dim=1)
+    m = 1 + delta
+    r = x * m
+    r = r + g1[:, None] * block.attn(block.norm1(r) * (1 + sc1[:, None]) + sh1[:, None])
+    r = r + g2[:, None] * block.mlp(block.norm2(r) * (1 + sc2[:, None]) + sh2[:, None])
+    return r + (1 - m) * x
+
+
+@pytest.mark.parametrize("delta_shape", [(3, 5, 16), (3, 1, 16)], ids=["per-token (Switch-DiT)", "per-sample (DTR)"])
+def test_routed_block_equals_the_papers_formula_forward_and_backward(delta_shape):
+    from methods.layers import DiTBlock
+
+    gen = torch.Generator().manual_seed(0)
+    block = DiTBlock(16, 4).double()
+    for p in block.parameters():
+        p.data = torch.randn(p.shape, generator=gen, dtype=torch.float64) * 0.3
+    x = torch.randn(3, 5, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    c = torch.randn(3, 16, generator=gen, dtype=torch.float64, requires_grad=True)
+    delta = (torch.randn(delta_shape, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
+    got = block(x, c, delta)
+    want = _naive_routed_block(block, x, c, delta)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    gy = torch.randn(got.shape, generator=gen, dtype=torch.float64)
+    inputs = (x, c, delta, *block.parameters())
+    for a, b in zip(torch.autograd.grad(got, inputs, gy), torch.autograd.grad(want, inputs, gy)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+    # With δ = 0 the routed block is the plain DiT block.
+    torch.testing.assert_close(block(x, c, torch.zeros_like(delta)), block(x, c), rtol=1e-12, atol=1e-12)
+
+
+def test_apply_mask_gradients_keep_the_mask_dtype():
+    from methods.layers import apply_mask
+
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 4, 8, generator=gen, requires_grad=True)
+    delta = torch.randn(2, 4, 8, generator=gen).bfloat16().requires_grad_()
+    g = torch.randn(2, 4, 8, generator=gen)
+    dx, dd = torch.autograd.grad(apply_mask(x, delta), (x, delta), g)
+    assert dd.dtype == torch.bfloat16 and dx.dtype == torch.float32
+    torch.testing.assert_close(dx, g * (1 + delta.float()), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(dd, (g * x).bfloat16(), rtol=0, atol=0)
+    # A mask that needs no gradient (DTR's table) gets none; gradcheck covers the formula in float64.
+    x64 = torch.randn(2, 3, 4, dtype=torch.float64, requires_grad=True)
+    d64 = torch.randn(2, 1, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(apply_mask, (x64, d64))
+    assert torch.autograd.grad(apply_mask(x64, d64.detach()).sum(), x64)[0].shape == x64.shape
