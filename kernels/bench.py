@@ -343,7 +343,7 @@ def whole_step_benchmarks(device, dtype, sizes=("S",), methods=("dit", "dtr", "s
                     # ~100 ms steps at XL: 2 s of repeats gives a median over ~20 of them.
                     row["median_ms"] = _time_cuda(step, params, warmup_ms=300, rep_ms=2000)
                 else:
-                    row["median_ms"] = _time_cpu(lambda: (step(), [setattr(p, "grad", None) for p in params]), cpu_reps)
+                    row["median_ms"] = _time_cpu(_clearing_grads(step, params), cpu_reps)
                 row["peak_mem_mb"], row["extra_mem_mb"] = _peak_memory(step, params, device)
                 del step, params
             except Exception as exc:
@@ -381,6 +381,22 @@ def git_commit() -> str | None:
         return (res.stdout.strip() or None) if res.returncode == 0 else None
     except Exception:
         return None
+
+
+def _clearing_grads(step, params):
+    """``step`` followed by dropping its gradients, so CPU repeats do not accumulate them."""
+    def run():
+        step()
+        for p in params:
+            p.grad = None
+    return run
+
+
+def record_stem(device) -> str:
+    """``<device>-<yyyymmdd>[-<commit7>]``: records of one device and day from different commits do not
+    overwrite each other."""
+    commit = git_commit()
+    return f"{device_slug(device)}-{_dt.date.today():%Y%m%d}" + (f"-{commit[:7]}" if commit else "")
 
 
 def device_slug(device) -> str:
@@ -562,8 +578,7 @@ def run_benchmarks(*, device=None, dtype=None, quick: bool = False, out_dir: str
     record["goals"] = evaluate_goals(record) if device.type == "cuda" else []
     record["step_goals"] = step_goals(record.get("whole_step")) if device.type == "cuda" else []
     if out_dir:
-        stamp = _dt.date.today().strftime("%Y%m%d")
-        record["path"] = write_json_atomic(record, os.path.join(out_dir, f"{device_slug(device)}-{stamp}.json"))
+        record["path"] = write_json_atomic(record, os.path.join(out_dir, f"{record_stem(device)}.json"))
     if verbose:
         print(format_table(record))
         if record["goals"] or record["step_goals"]:

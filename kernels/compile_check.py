@@ -97,7 +97,7 @@ def compile_spec(spec, capability: int = 90) -> dict:
 
 
 def real_specs(d: int, seq: int = 256, n: int = 32, e: int = 3, k: int = 2, dtype=torch.bfloat16) -> dict:
-    """LaunchSpecs of forward, dx and the expert-gradient kernel on empty CPU tensors."""
+    """LaunchSpecs of forward, dx (plain and moe_mask's) and the expert-gradient kernel on empty CPU tensors."""
     from . import moe_triton as mt
 
     x = torch.empty(n, seq, d, dtype=dtype)
@@ -112,9 +112,12 @@ def real_specs(d: int, seq: int = 256, n: int = 32, e: int = 3, k: int = 2, dtyp
     bufs = mt.grad_buffers(x, w, idx, tiles, split)
     order = mt.expert_order(idx)
     col = torch.empty(n, d, dtype=torch.float32)
+    # kernels.moe_mask's dx: float32 out, plus g·(1 + δ) read in the epilogue (float32 g, δ in dtype).
+    x32 = torch.empty(n, seq, d, dtype=torch.float32)
     return {
         "forward": mt.mixed_linear_spec(x, w, b, idx, g, out, transpose_w=False),
         "dx": mt.mixed_linear_spec(out, w, None, idx, g, x, transpose_w=True),
+        "dx_mask": mt.mixed_linear_spec(out, w, None, idx, g, x32, transpose_w=True, res=x32, rmul=out),
         "dparams": mt.expert_grad_spec(x, out, w, b, g, idx, order, col, *bufs, t, tiles, split),
     }
 

@@ -7,7 +7,8 @@ Made for a short loan of one H100/H200 (must finish in < 5 minutes):
    arXiv 2403.09176 Sec. 3.2) at the real shapes: relative error
    ||got - ref|| / ||ref|| of the output and of every gradient; limits
    bf16 <= 1e-2, fp16 <= 5e-3, fp32 <= 1e-3 (tf32 dots); plus bitwise
-   determinism of two runs;
+   determinism of two runs; and `kernels.moe_mask` (the Switch-DiT block
+   input, whose dx launch adds the mask gradient in its epilogue) in bf16 at XL;
 2. the full microbenchmark (kernels/bench.py) in bf16, D=1152 / 32x256
    tokens first, then the other shapes;
 3. whole training steps (forward with auxiliary losses + backward) of
@@ -28,7 +29,6 @@ Run: python -m kernels.gpu_check [--budget-s 280]
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
 import sys
 import time
@@ -52,6 +52,50 @@ def _grads(fn, inp: dict, dtype) -> list[torch.Tensor]:
     out = fn(leaves[0], leaves[1], leaves[2], inp["idx"], leaves[3])
     out.backward(inp["dy"].to(dtype))
     return [out.detach()] + [t.grad for t in leaves]
+
+
+def _mask_grads(fn, inp: dict, dtype) -> list[torch.Tensor]:
+    """Like `_grads` for `kernels.moe_mask`: x stays a float32 stream, the experts are in ``dtype``."""
+    x = inp["x"].detach().to(torch.float64 if dtype == torch.float64 else torch.float32).clone().requires_grad_(True)
+    leaves = [x] + [inp[k].detach().to(dtype).clone().requires_grad_(True) for k in ("w", "b", "g")]
+    out = fn(leaves[0], leaves[1], leaves[2], inp["idx"], leaves[3])
+    out.backward(inp["dy"].to(out.dtype))
+    return [out.detach()] + [t.grad for t in leaves]
+
+
+def check_mask_correctness(device, deadline: float, dtype=torch.bfloat16, shapes=None) -> list[dict]:
+    """`kernels.moe_mask` (x·(1 + moe_linear(x)), the Switch-DiT block input, with the dx epilogue)
+    on the Triton backend against float64, at XL with a float32 x and ``dtype`` experts."""
+    import kernels
+
+    def ref_fn(x, w, b, idx, g):
+        return x * (1 + moe_linear_grouped(x, w, b, idx, g))
+
+    rows = []
+    for shape in shapes or [bench.Shape("XL", bench.SIZES["XL"], 256, routing=r) for r in ("random", "shared")]:
+        if time.monotonic() > deadline:
+            rows.append({"op": "moe_mask", "dtype": str(dtype), "shape": shape.name, "error": "skipped: time budget"})
+            continue
+        try:
+            inp = bench.make_inputs(shape, device, dtype, seed=2)
+            ref = _mask_grads(ref_fn, inp, torch.float64)
+            got = _mask_grads(lambda *a: kernels.moe_mask(*a, backend="triton"), inp, dtype)
+            for name, g, r in zip(TENSORS, got, ref):
+                want = torch.float32 if name in ("out", "dx") else dtype
+                rel = (g.double() - r).norm().item() / (r.norm().item() or 1.0)
+                rows.append({"op": "moe_mask", "dtype": str(dtype).replace("torch.", ""), "shape": shape.name,
+                             "tensor": name, "rel_err": rel, "limit": REL_LIMITS[dtype],
+                             "passed": bool(rel <= REL_LIMITS[dtype] and g.dtype == want)})
+            _log(f"moe_mask correctness {shape.name:<30} worst rel err "
+                 f"{max(r['rel_err'] for r in rows[-len(TENSORS):]):.2e}")
+            del inp, ref, got
+        except Exception as exc:
+            traceback.print_exc()
+            rows.append({"op": "moe_mask", "dtype": str(dtype), "shape": shape.name,
+                         "error": f"{type(exc).__name__}: {exc}", "passed": False})
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return rows
 
 
 def check_correctness(device, deadline: float) -> list[dict]:
@@ -209,15 +253,17 @@ def _compact_table(record: dict, correctness: list[dict], sweep: dict | None, tu
     lines.append(f"device: {hw.get('device')}  torch {hw.get('torch')}  triton {hw.get('triton')}  "
                  f"cuda {hw.get('cuda')}  commit {record.get('git_commit')}")
     by_dtype: dict[str, list[dict]] = {}
-    for r in correctness:
-        by_dtype.setdefault(r["dtype"], []).append(r)
+    for r in correctness:  # moe_linear rows by dtype, then moe_mask's
+        by_dtype.setdefault(r["dtype"] if "op" not in r else f"{r['op']} {r['dtype']}", []).append(r)
     for dt, rows in by_dtype.items():
         errs = [r for r in rows if "error" in r]
         good = [r for r in rows if "rel_err" in r]
         worst = max(good, key=lambda r: r["rel_err"] / r["limit"]) if good else None
-        passed = not errs and all(r["passed"] for r in good) and all(r["deterministic"] for r in good)
-        detail = (f"worst {worst['rel_err']:.2e} ({worst['tensor']} @ {worst['shape']}, limit {worst['limit']:.0e}; "
-                  f"torch path {worst['rel_err_torch_path']:.2e})") if worst else "no result"
+        passed = not errs and all(r["passed"] for r in good) and all(r.get("deterministic", True) for r in good)
+        torch_path = (f"; torch path {worst['rel_err_torch_path']:.2e}" if worst and "rel_err_torch_path" in worst
+                      else "")
+        detail = (f"worst {worst['rel_err']:.2e} ({worst['tensor']} @ {worst['shape']}, limit {worst['limit']:.0e}"
+                  f"{torch_path})") if worst else "no result"
         lines.append(f"CORRECTNESS {'PASS' if passed else 'FAIL'} {dt:<9} {len(good)} checks, {len(errs)} errors, {detail}")
     xl = [r for r in record.get("results", []) if r["shape"].startswith("XL-D1152-L256")]
     if xl:
@@ -391,7 +437,8 @@ def main(argv=None) -> int:
 
     correctness: list[dict] = []
     try:
-        correctness = check_correctness(device, deadline(0.35))
+        correctness = check_correctness(device, deadline(0.33))
+        correctness += check_mask_correctness(device, deadline(0.36))
     except Exception:
         traceback.print_exc()
 
@@ -448,7 +495,7 @@ def main(argv=None) -> int:
 
     record.update(kind="kernel_gpu_check", correctness=correctness, tile_sweep=sweep, tuned=tuned,
                   tuned_goals=tuned_goals, wall_s=time.monotonic() - start)
-    write_record(record, f"{bench.device_slug(device)}-{_dt.date.today():%Y%m%d}.json")
+    write_record(record, f"{bench.record_stem(device)}.json")
     print(_compact_table(record, correctness, sweep, tuned_goals), flush=True)
     ok = correctness and all(r.get("passed") for r in correctness)
     return 0 if ok else 1

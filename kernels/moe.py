@@ -38,17 +38,27 @@ def resolve_backend(backend: str, x: torch.Tensor) -> str:
     return backend
 
 
+def autocast_dtype(x) -> torch.dtype | None:
+    """The dtype autocast would run a linear layer on x's device in, or None outside autocast."""
+    if not isinstance(x, torch.Tensor):
+        return None
+    dev = x.device.type
+    if dev not in ("cuda", "cpu") or not torch.is_autocast_enabled(dev):
+        return None
+    return torch.get_autocast_dtype(dev)
+
+
+def autocast_cast(dtype: torch.dtype | None, *tensors):
+    """``tensors`` with every floating tensor cast to ``dtype`` (unchanged when it is None)."""
+    if dtype is None:
+        return tensors
+    return tuple(t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t for t in tensors)
+
+
 def _apply_autocast(x, weight, bias, gates):
     # Like nn.Linear under autocast: a model holding fp32 expert weights that
     # runs in bf16/fp16 autocast computes this matmul in the autocast dtype.
-    if not isinstance(x, torch.Tensor):
-        return x, weight, bias, gates
-    dev = x.device.type
-    if dev not in ("cuda", "cpu") or not torch.is_autocast_enabled(dev):
-        return x, weight, bias, gates
-    dt = torch.get_autocast_dtype(dev)
-    cast = lambda t: t.to(dt) if isinstance(t, torch.Tensor) and t.is_floating_point() else t  # noqa: E731
-    return cast(x), cast(weight), cast(bias), cast(gates)
+    return autocast_cast(autocast_dtype(x), x, weight, bias, gates)
 
 
 def moe_linear(x, weight, bias, expert_idx, gates, backend: str = "auto", *, check_indices: bool = True):

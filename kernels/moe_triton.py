@@ -37,6 +37,10 @@ are bitwise deterministic for a given tile table):
   The dgates terms are per-tile partial sums written to a (tiles, N*k) buffer
   and summed afterwards, which keeps the reduction order fixed.
 
+`kernels.moe_mask` (the Switch-DiT block input x·(1 + out), kernels/moe_mask.py)
+uses the same three launches through `_FusedMaskedMoE`; its dx launch adds the
+mask's own gradient g·(1 + out) in the epilogue (HAS_RES) and stores x's dtype.
+
 Work per forward+backward: N*L*D_in*D_out MACs forward, the same for dx and
 k*N*L*D_in*D_out for dW, against 3*k*N*L*D_in*D_out for per-expert GEMMs;
 forward is one launch, backward two plus small fixed-order reductions.
@@ -95,10 +99,10 @@ def _tile_coords(pid, NROWS, NCOLS, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
 
 @triton.jit
 def _mixed_linear_kernel(
-    a_ptr, w_ptr, b_ptr, idx_ptr, g_ptr, out_ptr,
+    a_ptr, w_ptr, b_ptr, idx_ptr, g_ptr, out_ptr, res_ptr, rmul_ptr,
     L, K, NOUT,
     stride_we, stride_wk, stride_wn,
-    HAS_BIAS: tl.constexpr, TOPK: tl.constexpr,
+    HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, TOPK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     EVEN_K: tl.constexpr, SWAP_AB: tl.constexpr,
 ):
@@ -107,7 +111,9 @@ def _mixed_linear_kernel(
     a is (N, L, K) contiguous; W[e] is addressed through (stride_wk,
     stride_wn) so the same code reads W (forward) or W^T (dx). With SWAP_AB
     the tile is computed transposed, out^T = Wmix^T @ a^T, which lets the
-    register-mixed weights be the left dot operand.
+    register-mixed weights be the left dot operand. With HAS_RES the epilogue
+    adds res + res·rmul (both (N, L, NOUT)): the masked-input gradient
+    g·(1 + δ) that `moe_mask`'s dx carries besides dδ @ Wmix^T.
     """
     n = tl.cast(tl.program_id(1), tl.int64)
     _pid_m, rm, rn, m_ok, n_ok = _tile_coords(tl.program_id(0), L, NOUT, BLOCK_M, BLOCK_N)
@@ -171,11 +177,17 @@ def _mixed_linear_kernel(
         else:
             acc = acc + bmix[None, :]
 
-    out_base = out_ptr + n * L * NOUT
     if SWAP_AB:
-        tl.store(out_base + rm[None, :] * NOUT + rn[:, None], acc, mask=n_ok[:, None] & m_ok[None, :])
+        offs = n * L * NOUT + rm[None, :] * NOUT + rn[:, None]
+        out_mask = n_ok[:, None] & m_ok[None, :]
     else:
-        tl.store(out_base + rm[:, None] * NOUT + rn[None, :], acc, mask=m_ok[:, None] & n_ok[None, :])
+        offs = n * L * NOUT + rm[:, None] * NOUT + rn[None, :]
+        out_mask = m_ok[:, None] & n_ok[None, :]
+    if HAS_RES:
+        res = tl.load(res_ptr + offs, mask=out_mask, other=0.0).to(tl.float32)
+        rmul = tl.load(rmul_ptr + offs, mask=out_mask, other=0.0).to(tl.float32)
+        acc = acc + (res + res * rmul)
+    tl.store(out_ptr + offs, acc, mask=out_mask)
 
 
 @triton.jit
@@ -419,17 +431,21 @@ class LaunchSpec:
         self.kernel[self.grid](*self.args, **self.meta)
 
 
-def mixed_linear_spec(a, weight, bias, expert_idx, gates, out, *, transpose_w: bool) -> LaunchSpec:
-    """Launch of `_mixed_linear_kernel`: out = a @ Wmix (+ bmix), or a @ Wmix^T for dx."""
+def mixed_linear_spec(a, weight, bias, expert_idx, gates, out, *, transpose_w: bool,
+                      res=None, rmul=None) -> LaunchSpec:
+    """Launch of `_mixed_linear_kernel`: out = a @ Wmix (+ bmix), or a @ Wmix^T for dx
+    (+ res + res·rmul when ``res`` and ``rmul``, shaped like out, are given)."""
     n, seq, k = a.shape
     nout = out.shape[2]
     t = mm_tiles(seq, k, nout, a.element_size(), transpose_w)
     s_e, s_in, s_out = weight.stride()
     stride_wk, stride_wn = (s_out, s_in) if transpose_w else (s_in, s_out)
     grid = (_cdiv(seq, t.block_m) * _cdiv(nout, t.block_n), n)
+    has_res = res is not None
     args = (a, weight, bias if bias is not None else weight, expert_idx, gates, out,
+            res if has_res else out, rmul if has_res else out,
             seq, k, nout, s_e, stride_wk, stride_wn)
-    meta = dict(HAS_BIAS=bias is not None, TOPK=expert_idx.shape[1],
+    meta = dict(HAS_BIAS=bias is not None, HAS_RES=has_res, TOPK=expert_idx.shape[1],
                 BLOCK_M=t.block_m, BLOCK_N=t.block_n, BLOCK_K=t.block_k,
                 EVEN_K=k % t.block_k == 0, SWAP_AB=t.swap_ab,
                 num_warps=t.num_warps, num_stages=t.num_stages)
@@ -484,14 +500,16 @@ def grad_buffers(x, weight, expert_idx, tiles: int, split: int):
     return dw_buf, db_buf, dgp
 
 
-def _launch_mixed(a, weight, bias, expert_idx, gates, *, transpose_w: bool) -> torch.Tensor:
+def _launch_mixed(a, weight, bias, expert_idx, gates, *, transpose_w: bool, out_dtype=None,
+                  res=None, rmul=None) -> torch.Tensor:
     n, seq, _ = a.shape
     nout = weight.shape[1] if transpose_w else weight.shape[2]
-    out = torch.empty((n, seq, nout), dtype=a.dtype, device=a.device)
+    out = torch.empty((n, seq, nout), dtype=out_dtype or a.dtype, device=a.device)
     if out.numel() == 0:
         return out
     with _device_ctx(a):
-        mixed_linear_spec(a, weight, bias, expert_idx, gates, out, transpose_w=transpose_w).launch()
+        mixed_linear_spec(a, weight, bias, expert_idx, gates, out, transpose_w=transpose_w,
+                          res=res, rmul=rmul).launch()
     return out
 
 
@@ -608,3 +626,47 @@ def moe_linear_triton(x, weight, bias, expert_idx, gates):
     if torch.compiler.is_compiling():
         return moe_linear_fused(x, weight, bias, expert_idx, gates)
     return _FusedMoELinear.apply(x, weight, bias, expert_idx, gates)
+
+
+class _FusedMaskedMoE(torch.autograd.Function):
+    """r = x·(1 + δ), δ = eq. (1) of x computed in the weights' dtype: the Switch-DiT block input.
+
+    Against ``x·(1 + moe_linear(x.to(w.dtype)))`` taken apart by autograd, the backward makes
+    three fewer passes over the activations: dx = dδ @ Wmix^T + g·(1 + δ) comes out of the dx
+    launch's epilogue in x's dtype, so neither the 16-bit dx is widened nor are x's two gradient
+    terms summed afterwards, and g·(1 + δ) is never a tensor of its own.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, expert_idx, gates):
+        xc = x.to(weight.dtype)
+        delta = _launch_mixed(xc, weight, bias, expert_idx, gates, transpose_w=False)
+        ctx.save_for_backward(x, xc, weight, bias, expert_idx, gates, delta)
+        return torch.addcmul(x, x, delta)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        x, xc, weight, bias, expert_idx, gates, delta = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        grad = grad.contiguous()
+        ddelta = torch.empty_like(delta)
+        torch.mul(grad, x, out=ddelta)  # d out / d δ = g·x, stored in the kernels' dtype
+        dx = dw = db = dg = None
+        if need[0]:
+            dx = _launch_mixed(ddelta, weight, None, expert_idx, gates, transpose_w=True, out_dtype=x.dtype,
+                               res=grad, rmul=delta)
+        if need[1] or need[2] or need[4]:
+            dw, db, dg = _launch_expert_grads(xc, ddelta, weight, bias, expert_idx, gates)
+        return dx, dw if need[1] else None, db if need[2] else None, None, dg if need[4] else None
+
+
+def moe_mask_triton(x, weight, bias, expert_idx, gates):
+    """The "triton" backend of `kernels.moe_mask` (checks done by the caller).
+
+    Under torch.compile it is the custom op followed by the mask product, which the compiler
+    fuses by itself."""
+    _check_runnable(weight)
+    if torch.compiler.is_compiling():
+        return torch.addcmul(x, x, moe_linear_fused(x.to(weight.dtype), weight, bias, expert_idx, gates))
+    return _FusedMaskedMoE.apply(x, weight, bias, expert_idx, gates)

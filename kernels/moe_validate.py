@@ -30,11 +30,14 @@ def _check_tensor(name: str, t, rank: int, shape_doc: str) -> None:
         raise ValueError(f"{name} must be contiguous (call .contiguous()), got strides {t.stride()}")
 
 
-def validate_moe_inputs(x, weight, bias, expert_idx, gates, *, check_values: bool = True) -> None:
+def validate_moe_inputs(x, weight, bias, expert_idx, gates, *, check_values: bool = True,
+                        x_dtype_may_differ: bool = False) -> None:
     """Raise a clear error if the inputs break the moe_linear contract.
 
     `check_values` also verifies that expert_idx lies in [0, E); that needs one
     device->host read, so callers skip it while being traced by torch.compile.
+    `x_dtype_may_differ` lets x have its own float dtype (`moe_mask` casts it);
+    weight, bias and gates still share one.
     """
     _check_tensor("x", x, 3, "(N, L, D_in)")
     _check_tensor("weight", weight, 3, "(E, D_in, D_out)")
@@ -42,11 +45,14 @@ def validate_moe_inputs(x, weight, bias, expert_idx, gates, *, check_values: boo
     _check_tensor("expert_idx", expert_idx, 2, "(N, k)")
     _check_tensor("gates", gates, 2, "(N, k)")
 
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"x dtype must be one of {[str(d) for d in FLOAT_DTYPES]}, got {x.dtype}")
+    for name, t in (("x", x), ("weight", weight)):
+        if t.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} dtype must be one of {[str(d) for d in FLOAT_DTYPES]}, got {t.dtype}")
+    ref, ref_name = (weight, "weight") if x_dtype_may_differ else (x, "x")
     for name, t in (("weight", weight), ("bias", bias), ("gates", gates)):
-        if t.dtype != x.dtype:
-            raise TypeError(f"{name} dtype {t.dtype} does not match x dtype {x.dtype}; all float inputs must share one dtype")
+        if t.dtype != ref.dtype:
+            raise TypeError(f"{name} dtype {t.dtype} does not match {ref_name} dtype {ref.dtype}; "
+                            f"{'weight, bias and gates' if x_dtype_may_differ else 'all float inputs'} must share one dtype")
     if expert_idx.dtype != torch.int64:
         raise TypeError(f"expert_idx must be torch.int64, got {expert_idx.dtype}")
     for name, t in (("weight", weight), ("bias", bias), ("expert_idx", expert_idx), ("gates", gates)):

@@ -18,7 +18,6 @@ Run: python -m kernels.step_probe [--budget-s 240]
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import sys
 import time
 import traceback
@@ -63,7 +62,7 @@ def main(argv=None) -> int:
 
     record: dict = {"kind": "step_probe", "hardware": bench.hardware_info(device), "git_commit": bench.git_commit(),
                     "fused_kernel_sha256": fused_kernel_sha256(), "size": args.size, "rows": []}
-    name = f"{bench.device_slug(device)}-{_dt.date.today():%Y%m%d}-step-probe.json"
+    name = f"{bench.record_stem(device)}-step-probe.json"
 
     def save():  # after every section: a run cut short still leaves its record
         record["ratios"] = ratios(record["rows"])

@@ -5,6 +5,8 @@ subclass it and override three hooks,
 
 * ``route(t, t_emb, need_aux)`` – per-forward routing state from the timesteps,
 * ``block_mask_delta(i, h, routing)`` – δ = m − 1 for the channel mask m of block ``i`` (or ``None``),
+  which ``block_input(i, h, routing)`` turns into the block's masked input h·m (a method may
+  override the latter to form h·m in one fused step),
 * ``aux_losses(routing)`` – already-weighted auxiliary losses for training,
 
 so the forward pass, initialisation, checkpoint naming and gradient
@@ -19,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
+
+from kernels.moe_mask import apply_mask
 
 from .layers import DiTBlock, FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_pos_embed_2d
 from .options import Option
@@ -117,6 +121,11 @@ class DiT(nn.Module):
         """δ = m − 1 for block ``index``'s channel mask m, broadcastable to ``h`` (N, L, D); ``None``: no routing."""
         return None
 
+    def block_input(self, index: int, h: torch.Tensor, routing: Any) -> torch.Tensor | None:
+        """h·m, the input block ``index``'s branches read, or ``None`` when the block is not routed."""
+        delta = self.block_mask_delta(index, h, routing)
+        return None if delta is None else apply_mask(h, delta)
+
     def aux_losses(self, routing: Any) -> dict[str, torch.Tensor]:
         """Already-weighted auxiliary losses to add to the diffusion loss."""
         return {}
@@ -159,7 +168,7 @@ class DiT(nn.Module):
         return t, y
 
     def _run_block(self, index: int, h: torch.Tensor, c: torch.Tensor, routing: Any) -> torch.Tensor:
-        return self.blocks[index](h, c, self.block_mask_delta(index, h, routing))
+        return self.blocks[index](h, c, masked=self.block_input(index, h, routing))
 
     # --------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, t: Any, y: Any = None, return_aux: bool = False):

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kernels.moe_mask import apply_mask
+
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """adaLN modulation: per-sample affine transform broadcast over tokens."""
@@ -143,38 +145,24 @@ class Mlp(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class _ApplyMask(torch.autograd.Function):
-    """x·m with m = 1 + δ, i.e. ``addcmul(x, x, δ)``, with a two-pass backward.
+class _AddToBoth(torch.autograd.Function):
+    """(x + a, r + a): the routed block adds its attention branch a to two streams.
 
-    Autograd's own formula for addcmul(x, x, δ) takes four passes over the activations:
-    g·δ and g·x as separate products, a cast of g·x to δ's dtype (δ is the 16-bit expert
-    output under autocast) and the sum of x's two gradient terms. Here dx = g + g·δ is
-    one addcmul and dδ = g·x one multiply written in δ's dtype.
+    Autograd would cast each stream's float32 gradient to a's 16-bit autocast dtype and
+    then sum the two; here the sum is one add written straight in a's dtype.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(x, delta)
-        return torch.addcmul(x, x, delta)
+    def forward(ctx, x: torch.Tensor, r: torch.Tensor, a: torch.Tensor):
+        ctx.a_dtype = a.dtype
+        return x + a, r + a
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor):
-        x, delta = ctx.saved_tensors
-        dx = torch.addcmul(grad, grad, delta) if ctx.needs_input_grad[0] else None
-        ddelta = None
-        if ctx.needs_input_grad[1]:
-            if delta.shape == grad.shape:
-                ddelta = torch.empty_like(delta)
-                torch.mul(grad, x, out=ddelta)  # computed in the promoted dtype, stored in δ's
-            else:  # a broadcast δ, e.g. one (N, 1, D) mask for all tokens
-                ddelta = (grad * x).sum_to_size(delta.shape).to(delta.dtype)
-        return dx, ddelta
-
-
-def apply_mask(x: torch.Tensor, mask_delta: torch.Tensor) -> torch.Tensor:
-    """x·(1 + δ) for a channel mask given as its offset δ = m − 1 (broadcastable to x)."""
-    return _ApplyMask.apply(x, mask_delta)
+    def backward(ctx, grad_x: torch.Tensor, grad_r: torch.Tensor):
+        grad_a = torch.empty(grad_x.shape, dtype=ctx.a_dtype, device=grad_x.device)
+        torch.add(grad_x, grad_r, out=grad_a)
+        return grad_x, grad_r, grad_a
 
 
 class DiTBlock(nn.Module):
@@ -188,17 +176,22 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, mask_delta: torch.Tensor | None = None) -> torch.Tensor:
-        """``mask_delta`` δ = m − 1 broadcastable to x (N, L, D), or None for the plain block."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor, mask_delta: torch.Tensor | None = None,
+                masked: torch.Tensor | None = None) -> torch.Tensor:
+        """``mask_delta`` δ = m − 1 broadcastable to x (N, L, D), or None for the plain block;
+        ``masked`` is x·m already formed (e.g. by `kernels.moe_mask`), which takes precedence."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        r = x if mask_delta is None else apply_mask(x, mask_delta)
+        routed = masked is not None or mask_delta is not None
+        r = masked if masked is not None else apply_mask(x, mask_delta) if routed else x
         attn = gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(r), shift_msa, scale_msa))
         # The routed output r + (1 − m)·x, with r = x·m + A + M, equals x + A + M: the mask only changes
         # what the branches read, so the stream leaving the block is summed as in DiT. That saves the
         # (1 − m)·x term and its gradients (two multiplies per block forward and backward, and a cast of
         # dδ), and x·m − x·m no longer cancels in floating point.
-        h = x + attn
-        r = h if mask_delta is None else r + attn
+        if routed:
+            h, r = _AddToBoth.apply(x, r, attn)
+        else:
+            h = r = x + attn
         return h + gate_mlp.unsqueeze(1) * self.mlp(modulate(self.norm2(r), shift_mlp, scale_mlp))
 
 

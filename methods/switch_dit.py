@@ -9,7 +9,10 @@ as in the reference code), for all of its tokens, and the block's mask is
     m = 1 + Σ_j g_j · (x W_{e_j} + b_{e_j})          (x: the block input)
 
 applied like DTR's: ``r = x·m; r += attn(r); r += mlp(r); out = r + (1 − m)·x``.
-At initialisation m = 1, i.e. the model starts as DiT.
+At initialisation m = 1, i.e. the model starts as DiT.  The block input x·m is
+formed by ``kernels.moe_mask`` (on the Triton backend, the expert kernels and
+the mask gradient in one backward launch; see ``methods.layers`` for how the
+block sums its output).
 
 Training (``return_aux=True``) adds ``w_jsd · JSD`` between the gate
 probabilities and a DTR-style prior over depth·E expert slots, matched to the
@@ -83,6 +86,13 @@ class ExpertLinear(nn.Module):
         # The kernel contract wants contiguous inputs (the patch embedding yields a transposed view).
         return moe_linear(x.contiguous(), self.weight, self.bias, expert_idx, gates.to(x.dtype), backend=backend,
                           check_indices=False)  # indices come from topk over E logits
+
+    def masked(self, x: torch.Tensor, expert_idx: torch.Tensor, gates: torch.Tensor, backend: str) -> torch.Tensor:
+        """x·(1 + self(x)) in x's dtype (``kernels.moe_mask``: one fused backward on the triton backend)."""
+        from kernels import moe_mask
+
+        return moe_mask(x.contiguous(), self.weight, self.bias, expert_idx, gates.to(self.weight.dtype),
+                        backend=backend, check_indices=False)
 
     def shared(self, x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
         """Every sample routed alike: ``coef`` (E,) holds each expert's summed gate; one dense GEMM."""
@@ -181,6 +191,11 @@ class SwitchDiT(DiT):
         if "coef" in routing:
             return experts.shared(h, routing["coef"][index])
         return experts(h, routing["idx"][index], routing["gates"][index], self.moe_backend)
+
+    def block_input(self, index: int, h: torch.Tensor, routing: dict[str, Any]) -> torch.Tensor:
+        if "coef" in routing:
+            return super().block_input(index, h, routing)
+        return self.routers[index].experts.masked(h, routing["idx"][index], routing["gates"][index], self.moe_backend)
 
     @torch.no_grad()
     def _assignment_indices(self) -> torch.Tensor:

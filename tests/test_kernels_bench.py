@@ -152,3 +152,19 @@ def test_h100_peaks_are_the_spec_and_measured_figures(monkeypatch):
     assert (peaks["measured_tflops"]["bfloat16"], peaks["measured_gbs"]) == (800, 3000)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 PCIe")
     assert bench.device_peaks(torch.device("cuda"))["matched"] == "H100 PCIe"  # not the SXM figures
+
+
+def test_gpu_check_moe_mask_correctness_rows_and_summary():
+    """The GPU script's moe_mask check, run on CPU (interpreted kernels, float32 experts) at a tiny shape."""
+    import time
+
+    from kernels import gpu_check
+
+    shapes = [bench.Shape("tiny", 16, 8, n=3, routing=r) for r in ("random", "shared")]
+    rows = gpu_check.check_mask_correctness(torch.device("cpu"), time.monotonic() + 600, torch.float32, shapes=shapes)
+    assert [r["tensor"] for r in rows] == list(gpu_check.TENSORS) * 2
+    assert all(r["passed"] and r["rel_err"] < 1e-5 and r["op"] == "moe_mask" for r in rows), rows
+    text = gpu_check._compact_table({"hardware": {}}, rows, None, [])
+    assert "CORRECTNESS PASS moe_mask float32 10 checks, 0 errors" in text
+    late = gpu_check.check_mask_correctness(torch.device("cpu"), time.monotonic() - 1, torch.float32, shapes=shapes)
+    assert all(r["error"] == "skipped: time budget" for r in late) and len(late) == 2

@@ -27,7 +27,7 @@ def test_default_tiles_compile_for_sm90_without_spills(dtype):
     if proc.returncode == 2:
         pytest.skip(proc.stderr.strip().splitlines()[-1])
     rows = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert {r["kernel"] for r in rows} == {"forward", "dx", "dparams"}
+    assert {r["kernel"] for r in rows} == {"forward", "dx", "dx_mask", "dparams"}
     for r in rows:
         assert "error" not in r, r
         assert r["stack_bytes"] == 0, f"{r['kernel']} spills registers: {r}"
