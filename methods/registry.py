@@ -107,28 +107,10 @@ def build_model(
         raise ValueError(f"class_dropout_prob={class_dropout_prob!r} is invalid: must be in [0, 1)")
     merged = {**dict(method_options or {}), **options}
     resolved = validate_options(method, **merged)
-    model = cls(
-        depth=spec.depth,
-        hidden_size=spec.hidden_size,
-        num_heads=spec.num_heads,
-        patch_size=patch_size,
-        input_size=input_size,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        learn_sigma=learn_sigma,
-        class_dropout_prob=float(class_dropout_prob),
-        **resolved,
-    )
+    # One table feeds both the constructor and build_kwargs, so a rebuild always matches.
+    backbone = {"patch_size": patch_size, "input_size": input_size, "in_channels": in_channels,
+                "num_classes": num_classes, "learn_sigma": learn_sigma, "class_dropout_prob": float(class_dropout_prob)}
+    model = cls(depth=spec.depth, hidden_size=spec.hidden_size, num_heads=spec.num_heads, **backbone, **resolved)
     model.initialize_weights()
-    model.build_kwargs = {
-        "method": method,
-        "size": size,
-        "patch_size": patch_size,
-        "input_size": input_size,
-        "in_channels": in_channels,
-        "num_classes": num_classes,
-        "learn_sigma": learn_sigma,
-        "class_dropout_prob": float(class_dropout_prob),
-        "method_options": dict(resolved),
-    }
+    model.build_kwargs = {"method": method, "size": size, **backbone, "method_options": dict(resolved)}
     return model
