@@ -47,16 +47,9 @@ def _log(msg: str) -> None:
     print(f"[gpu_check {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def _grads(fn, inp: dict, dtype) -> list[torch.Tensor]:
-    leaves = [inp[k].detach().to(dtype).clone().requires_grad_(True) for k in ("x", "w", "b", "g")]
-    out = fn(leaves[0], leaves[1], leaves[2], inp["idx"], leaves[3])
-    out.backward(inp["dy"].to(dtype))
-    return [out.detach()] + [t.grad for t in leaves]
-
-
-def _mask_grads(fn, inp: dict, dtype) -> list[torch.Tensor]:
-    """Like `_grads` for `kernels.moe_mask`: x stays a float32 stream, the experts are in ``dtype``."""
-    x = inp["x"].detach().to(torch.float64 if dtype == torch.float64 else torch.float32).clone().requires_grad_(True)
+def _grads(fn, inp: dict, dtype, x_dtype=None) -> list[torch.Tensor]:
+    """[out, dx, dweight, dbias, dgates] with the inputs in ``dtype`` (x in ``x_dtype`` when given)."""
+    x = inp["x"].detach().to(x_dtype or dtype).clone().requires_grad_(True)
     leaves = [x] + [inp[k].detach().to(dtype).clone().requires_grad_(True) for k in ("w", "b", "g")]
     out = fn(leaves[0], leaves[1], leaves[2], inp["idx"], leaves[3])
     out.backward(inp["dy"].to(out.dtype))
@@ -78,8 +71,9 @@ def check_mask_correctness(device, deadline: float, dtype=torch.bfloat16, shapes
             continue
         try:
             inp = bench.make_inputs(shape, device, dtype, seed=2)
-            ref = _mask_grads(ref_fn, inp, torch.float64)
-            got = _mask_grads(lambda *a: kernels.moe_mask(*a, backend="triton"), inp, dtype)
+            # x stays a float32 stream (float64 for the reference); the experts are in dtype.
+            ref = _grads(ref_fn, inp, torch.float64)
+            got = _grads(lambda *a: kernels.moe_mask(*a, backend="triton"), inp, dtype, x_dtype=torch.float32)
             for name, g, r in zip(TENSORS, got, ref):
                 want = torch.float32 if name in ("out", "dx") else dtype
                 rel = (g.double() - r).norm().item() / (r.norm().item() or 1.0)

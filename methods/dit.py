@@ -168,7 +168,7 @@ class DiT(nn.Module):
         return t, y
 
     def _run_block(self, index: int, h: torch.Tensor, c: torch.Tensor, routing: Any) -> torch.Tensor:
-        return self.blocks[index](h, c, masked=self.block_input(index, h, routing))
+        return self.blocks[index](h, c, self.block_input(index, h, routing))
 
     # --------------------------------------------------------------- forward
     def forward(self, x: torch.Tensor, t: Any, y: Any = None, return_aux: bool = False):

@@ -6,7 +6,7 @@ fixed 2-D sin-cos positional table (MAE, arXiv 2111.06377, eq. in its appendix)
 and the adaLN-Zero block of DiT Sec. 3.2.  Attribute names follow the published
 DiT checkpoints so their state dicts load with ``strict=True``.
 
-The block accepts an optional channel mask m, passed as δ = m − 1: it computes
+The block accepts an optional routed input x·m for a channel mask m: it computes
 ``r = x·m; r += attn(r); r += mlp(r); out = r + (1 − m)·x``, the placement
 used by Denoising Task Routing (arXiv 2310.07138, Sec. 3.2) and Switch-DiT
 (arXiv 2403.09176, Sec. 3.2); without it, the plain DiT block.  Since
@@ -20,8 +20,6 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from kernels.moe_mask import apply_mask
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -176,13 +174,12 @@ class DiTBlock(nn.Module):
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, mask_delta: torch.Tensor | None = None,
-                masked: torch.Tensor | None = None) -> torch.Tensor:
-        """``mask_delta`` δ = m − 1 broadcastable to x (N, L, D), or None for the plain block;
-        ``masked`` is x·m already formed (e.g. by `kernels.moe_mask`), which takes precedence."""
+    def forward(self, x: torch.Tensor, c: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
+        """``masked`` is the routed input x·m (``kernels.apply_mask`` or ``kernels.moe_mask``), or None
+        for the plain block."""
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
-        routed = masked is not None or mask_delta is not None
-        r = masked if masked is not None else apply_mask(x, mask_delta) if routed else x
+        routed = masked is not None
+        r = masked if routed else x
         attn = gate_msa.unsqueeze(1) * self.attn(modulate(self.norm1(r), shift_msa, scale_msa))
         # The routed output r + (1 − m)·x, with r = x·m + A + M, equals x + A + M: the mask only changes
         # what the branches read, so the stream leaving the block is summed as in DiT. That saves the

@@ -34,3 +34,11 @@ def make_case(n, seq, din, dout, e, k, dtype=torch.float32, routing="random", se
         raise AssertionError(routing)
     g = torch.softmax(torch.randn(n, k, generator=gen), dim=1)
     return [t.to(dtype).to(device) for t in (x, w, b)] + [idx.to(device), g.to(dtype).to(device)]
+
+
+def grads_of(fn, x, w, b, idx, g, dy):
+    """[out, dx, dweight, dbias, dgates] of fn(x, w, b, idx, g) for upstream gradient dy (fresh leaves)."""
+    leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b, g)]
+    y = fn(leaves[0], leaves[1], leaves[2], idx, leaves[3])
+    y.backward(dy)
+    return [y.detach()] + [t.grad for t in leaves]

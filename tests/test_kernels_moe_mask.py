@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import kernels
-from moe_cases import make_case, naive_moe
+from moe_cases import grads_of, make_case, naive_moe
 
 torch.set_num_threads(2)
 CUDA = torch.cuda.is_available()
@@ -18,16 +18,9 @@ SQUARE = [(3, 5, 12, 3, 2), (4, 8, 32, 3, 2), (2, 7, 16, 4, 1), (3, 4, 20, 3, 3)
 TOL = {torch.float32: 2e-3 if CUDA else 1e-5, torch.float16: 1e-2}
 
 
-def _grads(fn, x, w, b, idx, g, gy):
-    leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b, g)]
-    out = fn(leaves[0], leaves[1], leaves[2], idx, leaves[3])
-    out.backward(gy)
-    return [out.detach()] + [t.grad for t in leaves]
-
-
 def _reference(x, w, b, idx, g, gy):
     f64 = [t.double() for t in (x, w, b)] + [idx, g.double()]
-    return _grads(lambda x, w, b, i, g: x * (1 + naive_moe(x, w, b, i, g)), *f64, gy.double())
+    return grads_of(lambda x, w, b, i, g: x * (1 + naive_moe(x, w, b, i, g)), *f64, gy.double())
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -38,7 +31,7 @@ def test_moe_mask_matches_float64_loop(backend, expert_dtype, shape):
     x, w, b, idx, g = make_case(n, seq, d, d, e, k, device=DEVICE)
     w, b, g = (t.to(expert_dtype) for t in (w, b, g))
     gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(5)).to(DEVICE)
-    got = _grads(lambda *a: kernels.moe_mask(*a, backend=backend), x, w, b, idx, g, gy)
+    got = grads_of(lambda *a: kernels.moe_mask(*a, backend=backend), x, w, b, idx, g, gy)
     want = _reference(x, w, b, idx, g, gy)
     for name, a, r in zip(["out", "dx", "dweight", "dbias", "dgates"], got, want):
         # out and dx stay in x's dtype (float32); the expert gradients come back in theirs.
@@ -52,8 +45,8 @@ def test_triton_moe_mask_equals_the_unfused_composition():
     """The fused dx epilogue gives what autograd gives for x·(1 + moe_linear(x)) on the same kernels."""
     x, w, b, idx, g = make_case(4, 8, 32, 32, 3, 2, device=DEVICE)
     gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(6)).to(DEVICE)
-    fused = _grads(lambda *a: kernels.moe_mask(*a, backend="triton"), x, w, b, idx, g, gy)
-    unfused = _grads(lambda x, *a: x * (1 + kernels.moe_linear(x, *a, backend="triton")), x, w, b, idx, g, gy)
+    fused = grads_of(lambda *a: kernels.moe_mask(*a, backend="triton"), x, w, b, idx, g, gy)
+    unfused = grads_of(lambda x, *a: x * (1 + kernels.moe_linear(x, *a, backend="triton")), x, w, b, idx, g, gy)
     for a, r in zip(fused, unfused):
         torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-5)
 
@@ -102,7 +95,7 @@ def test_compile_traces_triton_moe_mask():
     x, w, b, idx, g = make_case(3, 5, 12, 12, 3, 2, device=DEVICE)
     gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(7)).to(DEVICE)
     compiled = torch.compile(lambda *a: kernels.moe_mask(*a, backend="triton"), backend="aot_eager", fullgraph=True)
-    got = _grads(compiled, x, w, b, idx, g, gy)
+    got = grads_of(compiled, x, w, b, idx, g, gy)
     want = _reference(x, w, b, idx, g, gy)
     for a, r in zip(got, want):
         torch.testing.assert_close(a.double(), r, rtol=TOL[torch.float32], atol=TOL[torch.float32] * r.abs().max().item())

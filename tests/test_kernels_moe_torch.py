@@ -9,16 +9,9 @@ import torch
 
 import kernels
 from kernels import moe_baselines, moe_torch
-from moe_cases import make_case, naive_moe
+from moe_cases import grads_of, make_case, naive_moe
 
 torch.set_num_threads(2)
-
-
-def grads_of(fn, x, w, b, idx, g, dy):
-    leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b, g)]
-    y = fn(leaves[0], leaves[1], leaves[2], idx, leaves[3])
-    y.backward(dy)
-    return [y.detach()] + [t.grad for t in leaves]
 
 
 def reference(x, w, b, idx, g, dy):

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import kernels
+from moe_cases import grads_of
 from moe_cases import make_case as _make_case
 from moe_cases import naive_moe
 
@@ -26,10 +27,7 @@ def run(fn, x, w, b, idx, g, dy=None):
     if dy is None:
         with torch.no_grad():
             return [fn(x, w, b, idx, g)]
-    leaves = [t.detach().clone().requires_grad_(True) for t in (x, w, b, g)]
-    y = fn(leaves[0], leaves[1], leaves[2], idx, leaves[3])
-    y.backward(dy)
-    return [y.detach()] + [t.grad for t in leaves]
+    return grads_of(fn, x, w, b, idx, g, dy)
 
 
 def triton_fn(*a):

@@ -265,6 +265,7 @@ def _naive_routed_block(block, x, c, delta):
 
 @pytest.mark.parametrize("delta_shape", [(3, 5, 16), (3, 1, 16)], ids=["per-token (Switch-DiT)", "per-sample (DTR)"])
 def test_routed_block_equals_the_papers_formula_forward_and_backward(delta_shape):
+    from kernels import apply_mask
     from methods.layers import DiTBlock
 
     gen = torch.Generator().manual_seed(0)
@@ -274,7 +275,7 @@ def test_routed_block_equals_the_papers_formula_forward_and_backward(delta_shape
     x = torch.randn(3, 5, 16, generator=gen, dtype=torch.float64, requires_grad=True)
     c = torch.randn(3, 16, generator=gen, dtype=torch.float64, requires_grad=True)
     delta = (torch.randn(delta_shape, generator=gen, dtype=torch.float64) * 0.5).requires_grad_()
-    got = block(x, c, delta)
+    got = block(x, c, apply_mask(x, delta))
     want = _naive_routed_block(block, x, c, delta)
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
     gy = torch.randn(got.shape, generator=gen, dtype=torch.float64)
@@ -282,13 +283,14 @@ def test_routed_block_equals_the_papers_formula_forward_and_backward(delta_shape
     for a, b in zip(torch.autograd.grad(got, inputs, gy), torch.autograd.grad(want, inputs, gy)):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
     # With δ = 0 the routed block is the plain DiT block.
-    torch.testing.assert_close(block(x, c, torch.zeros_like(delta)), block(x, c), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(block(x, c, apply_mask(x, torch.zeros_like(delta))), block(x, c), rtol=1e-12, atol=1e-12)
 
 
 
 def test_routed_block_under_bf16_autocast_tracks_float32():
     """Under autocast the branch outputs are bf16 and the stream float32: the custom backward
     functions must hand each input a gradient of its own dtype, and agree with float32."""
+    from kernels import apply_mask
     from methods.layers import DiTBlock
 
     gen = torch.Generator().manual_seed(2)
@@ -301,7 +303,7 @@ def test_routed_block_under_bf16_autocast_tracks_float32():
     gy = torch.randn(2, 6, 32, generator=gen)
     want = torch.autograd.grad(_naive_routed_block(block, x, c, delta), (x, delta), gy)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        out = block(x, c, delta.bfloat16())
+        out = block(x, c, apply_mask(x, delta.bfloat16()))
     assert out.dtype == torch.float32
     got = torch.autograd.grad(out, (x, delta), gy)
     for a, b in zip(got, want):
