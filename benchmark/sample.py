@@ -8,20 +8,23 @@ restarted job skips the batches whose PNGs are already on disk. Rank 0 then pack
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 import methods
 from benchmark import checkpoint as ckpt_io
-from benchmark.atomic import atomic_write
+from benchmark.atomic import atomic_write, atomic_write_json
 from benchmark.distributed import barrier, init_distributed
 
 log = logging.getLogger(__name__)
@@ -95,6 +98,44 @@ def _batch_done(folder: Path, start: int, stop: int) -> bool:
     return all((folder / f"{i:06d}.png").exists() for i in range(start, stop))
 
 
+MANIFEST = ".manifest.json"
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sampling_manifest(cfg: DictConfig, ckpt: Path) -> dict:
+    """What a folder's samples are drawn from: the checkpoint's bytes, the sampling and diffusion
+    settings, the seed and the data (whose autoencoder decodes them)."""
+    settings = {k: v for k, v in OmegaConf.to_container(cfg.sample, resolve=True).items() if k not in ("out", "ckpt")}
+    return {"checkpoint_sha256": _file_sha256(ckpt), "seed": int(cfg.seed), "sample": settings,
+            "diffusion": OmegaConf.to_container(cfg.diffusion, resolve=True),
+            "data": OmegaConf.to_container(cfg.data, resolve=True)}
+
+
+def _claim_folder(folder: Path, manifest: dict) -> None:
+    """Keep the folder's finished samples only if they were drawn with ``manifest``.
+
+    Resuming a pre-empted job must not redo finished batches, but samples of another checkpoint
+    (a retrained run) or other settings would silently stand in for the new ones: those go.
+    """
+    path = folder / MANIFEST
+    old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if old != manifest:
+        stale = [*folder.glob("[0-9]*.png"), *folder.glob(".labels_*.npy"), *folder.glob("samples.npz")]
+        if stale:
+            print(f"sample: {folder} holds samples drawn from another checkpoint or with other settings; "
+                  "drawing them again", file=sys.stderr, flush=True)
+            for p in stale:
+                p.unlink()
+        atomic_write_json(path, manifest)
+
+
 @torch.no_grad()
 def sample(cfg: DictConfig) -> SampleResult:
     from benchmark.autoencoder import to_uint8
@@ -121,6 +162,9 @@ def sample(cfg: DictConfig) -> SampleResult:
                                  num_timesteps=cfg.diffusion.num_timesteps)
     folder = sample_folder(cfg)
     folder.mkdir(parents=True, exist_ok=True)
+    if info.is_main:
+        _claim_folder(folder, sampling_manifest(cfg, ckpt))
+    barrier()
     n, bs = int(cfg.sample.num_samples), int(cfg.sample.per_proc_batch_size)
     num_batches = math.ceil(n / bs)
     guidance = cfg.sample.guidance_channels

@@ -113,3 +113,30 @@ def test_a_failed_evaluation_writes_no_record(tmp_path):
     lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
     assert lines and "error:" in lines[-1] and "10" in lines[-1], out.stderr[-2000:]
     assert not list((tmp_path / "results").rglob("*.json"))
+
+
+def test_samples_of_another_checkpoint_or_settings_are_drawn_again(tmp_path):
+    """Resuming reuses finished batches only when they come from the same checkpoint and settings:
+    after a retrain (new weights at the same path) the old samples must not stand in for new ones."""
+    ckpt = _published_style_checkpoint(tmp_path)
+    args = ["sample", f"sample.ckpt={ckpt}", "sample.num_samples=4", "sample.steps=3",
+            "sample.per_proc_batch_size=4", "sample.sampler=ddpm", *paths(tmp_path)]
+    assert cli(*args, f"sample.out={tmp_path}/s", cwd=tmp_path).returncode == 0
+    first = {p.name: p.read_bytes() for p in (tmp_path / "s").glob("*.png")}
+
+    # Retrain: different weights, same file name.
+    torch.manual_seed(1)
+    other = methods.build_model("dit", "debug", patch_size=2, input_size=8, in_channels=1, num_classes=10)
+    for p in other.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    torch.save(other.state_dict(), ckpt)
+    out = cli(*args, f"sample.out={tmp_path}/s", cwd=tmp_path)
+    assert out.returncode == 0 and "drawing them again" in out.stderr, out.stderr[-2000:]
+    assert cli(*args, f"sample.out={tmp_path}/fresh", cwd=tmp_path).returncode == 0
+    redrawn = {p.name: p.read_bytes() for p in (tmp_path / "s").glob("*.png")}
+    fresh = {p.name: p.read_bytes() for p in (tmp_path / "fresh").glob("*.png")}
+    assert redrawn == fresh and redrawn != first
+
+    # Other settings (here the number of steps) also redraw.
+    out = cli(*[a if a != "sample.steps=3" else "sample.steps=2" for a in args], f"sample.out={tmp_path}/s", cwd=tmp_path)
+    assert out.returncode == 0 and "drawing them again" in out.stderr
