@@ -172,7 +172,12 @@ def _load_autoencoder_kl(source: str, subfolder: str | None, offline: bool):
     except ImportError as err:
         raise AutoencoderLoadError(f"the sd-vae autoencoder needs the 'diffusers' package ({err})") from None
     try:
-        # local_files_only: offline compute nodes fail at once instead of retrying the hub for ~30 s.
+        if offline and not os.path.isdir(source):
+            # Offline compute nodes must fail at once instead of retrying the hub for ~30 s; even
+            # from_pretrained(local_files_only=True) makes one request, so resolve the cache first.
+            from huggingface_hub import snapshot_download
+
+            source = snapshot_download(source, local_files_only=True)
         return AutoencoderKL.from_pretrained(source, subfolder=subfolder, local_files_only=offline,
                                              low_cpu_mem_usage=False)
     except Exception as err:  # diffusers/hub raise many types (OSError, HTTP, EnvironmentError, ValueError)

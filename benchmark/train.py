@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import methods
 from benchmark import checkpoint as ckpt_io
-from benchmark import preempt
+from benchmark import pause, preempt
 from benchmark.config import loss_weight_spec, method_options
 from benchmark.distributed import DistInfo, barrier, init_distributed
 
@@ -290,6 +290,10 @@ def train(cfg: DictConfig) -> TrainResult:
             bar.set_postfix(loss=f"{loss.item():.4f}", sps=f"{sps:.2f}" if sps else "-")
         if done % cfg.train.ckpt_every == 0 or done == iterations:
             last_ckpt = _save(cfg, info, run_dir, done, model, ema, opt, weighting, config_container, build)
+            if done < iterations:
+                # An operator's PAUSE file holds the run here, its checkpoint on disk.
+                pause.hold_if_paused(run_dir, done, last_ckpt, stop_requested=preempt.requested,
+                                     device=device, is_main=info.is_main)
     if bar is not None:
         bar.close()
     if last_ckpt is None:

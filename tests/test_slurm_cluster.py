@@ -97,16 +97,29 @@ def _checkpoint_states(path: Path) -> dict:
     return {"model": payload["model"], "ema": payload["ema"], "step": payload["step"]}
 
 
+def hold_at_first_checkpoint(run_dir: Path) -> Path:
+    """Make the cell's training wait at its first checkpoint boundary (the run folder's PAUSE file)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "PAUSE").touch()
+    return run_dir / "PAUSED"
+
+
 def test_cancelled_cell_resubmitted_lands_every_record_exactly_once(tmp_path, reference, capsys):
     args = cpu_args(tmp_path, reference, "method=dit", "seed=0,1,2", "train.iterations=200", "train.ckpt_every=25")
+    # The victim is cancelled while provably mid-training: held at step 25 by its PAUSE file.
+    paused = hold_at_first_checkpoint(build_grid(args)[1].run_dir)
     assert cli.main(["submit", *args]) == 0
     (first,) = load_manifests(tmp_path / "runs")
     assert [len(c["jobs"]) for c in first["cells"]] == [3, 3, 3]
     victim = first["cells"][1]
-    wait_until((Path(victim["run_dir"]) / "checkpoints" / "0000025.pt").exists, 240, "the first checkpoint")
+    assert Path(victim["run_dir"]) == paused.parent
+    wait_until(paused.exists, 600, f"{paused} (the victim held at its first checkpoint)", poll=0.5)
+    assert json.loads(paused.read_text())["step"] == 25
     subprocess.run(["scancel", victim["jobs"]["train"]["job_id"]], check=True)
-    states = wait_finished(job_ids(first), 400)
+    states = wait_finished(job_ids(first), 900)
     assert states[victim["jobs"]["train"]["job_id"]] == "CANCELLED"
+    assert [p.name for p in (paused.parent / "checkpoints").glob("*.pt")] == ["0000025.pt"]
+    (paused.parent / "PAUSE").unlink()
 
     by_name = {s.run_name: s for s in grid_statuses(args)[0]}
     others = [c["run_name"] for c in first["cells"] if c is not victim]
@@ -128,7 +141,7 @@ def test_cancelled_cell_resubmitted_lands_every_record_exactly_once(tmp_path, re
     assert out.count(": finished (") == 2
     second = load_manifests(tmp_path / "runs")[-1]
     assert second["id"] != first["id"] and [c["run_name"] for c in second["cells"]] == [victim["run_name"]]
-    assert set(wait_finished(job_ids(second), 400).values()) == {"COMPLETED"}
+    assert set(wait_finished(job_ids(second), 900).values()) == {"COMPLETED"}
 
     after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in records.glob("*.json")}
     assert sorted(after) == sorted(f"{c['run_name']}.json" for c in first["cells"])   # nothing lost
@@ -141,7 +154,9 @@ def test_cancelled_cell_resubmitted_lands_every_record_exactly_once(tmp_path, re
         assert sorted(p.name for p in samples.glob("*.png")) == [f"{i:06d}.png" for i in range(8)]
         assert np.load(samples / "samples.npz")["arr_0"].shape == (8, 8, 8, 3)
     resumed = [a for a in read_attempts(Path(victim["run_dir"]), "train") if a["outcome"] == "completed"]
-    assert len(resumed) == 1 and resumed[0]["resumed_from"], "the resubmitted cell continued from its checkpoint"
+    assert len(resumed) == 1, resumed
+    assert resumed[0]["resumed_from"] == str(Path(victim["run_dir"]) / "checkpoints" / "0000025.pt"), \
+        "the resubmitted cell continued from its checkpoint"
 
     assert {s.state for s in grid_statuses(args)[0]} == {"done"}
     assert cli.main(["submit", *args]) == 0
@@ -149,36 +164,33 @@ def test_cancelled_cell_resubmitted_lands_every_record_exactly_once(tmp_path, re
     assert len(load_manifests(tmp_path / "runs")) == 2
 
 
-def _steps_per_second(tmp: Path) -> float:
-    """Training speed of this machine on one thread (the jobs get one CPU each)."""
-    (cell,) = build_grid([f"paths.runs={tmp}/calib", f"paths.cache={tmp}/cache", "train.iterations=40",
-                          "train.ckpt_every=40", "train.global_batch_size=8", "train.progress=false",
-                          "train.log_every=20"])
-    StageJob("train", cell.config, str(ROOT))()
-    rows = [json.loads(line) for line in (cell.run_dir / "metrics.jsonl").read_text().splitlines()]
-    return rows[-1]["steps_per_sec"]  # the second window: no start-up in it
-
-
 def test_time_limit_signal_checkpoints_requeues_and_matches_an_uninterrupted_run(tmp_path, reference):
+    # slurmctld looks at time limits every 30 s and signals at the first look that falls within
+    # signal_delay_s + 30 s of the limit: with a 1-minute limit and a 10 s delay the signal comes
+    # 20-50 s after a start. The job waits at its mid-run checkpoint (PAUSE file) until then, so it
+    # is signalled mid-run however fast this machine trains; once it has been, PAUSE goes and the
+    # requeued job finishes (it resumes past the only boundary that pauses).
+    n = 120
+    common = cpu_args(tmp_path, reference, f"train.iterations={n}", f"train.ckpt_every={n // 2}")
+    limited = [*common, "run_name=limited", "launcher.stages.train.time_min=1", "launcher.slurm.signal_delay_s=10"]
+    (cell,) = build_grid(limited)
+    hold_at_first_checkpoint(cell.run_dir)
+    manifest = submit_grid(limited, stages=("train",), quiet=True)
+    (job,) = job_ids(manifest)
+    (straight,) = build_grid([*common, "run_name=straight"])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        # slurmctld looks at time limits every 30 s and signals at the first look that falls
-        # within signal_delay_s + 30 s of the limit: with a 1-minute limit and a 10 s delay the
-        # signal comes 20-50 s after a start. 50 s of training is therefore interrupted at least
-        # once, and a second attempt usually finishes it.
-        n = int(min(max(_steps_per_second(tmp_path) * 50, 300), 6000))
-        common = cpu_args(tmp_path, reference, f"train.iterations={n}", f"train.ckpt_every={n}")
-        limited = [*common, "run_name=limited", "launcher.stages.train.time_min=1", "launcher.slurm.signal_delay_s=10"]
-        manifest = submit_grid(limited, stages=("train",), quiet=True)
-        (job,) = job_ids(manifest)
-        (straight,) = build_grid([*common, "run_name=straight"])
         StageJob("train", straight.config, str(ROOT))()  # the uninterrupted reference, meanwhile
     finally:
         torch.set_num_threads(threads)
-    assert wait_finished([job], 540)[job] == "COMPLETED"
-
     run_dir = Path(manifest["cells"][0]["run_dir"])
+    assert run_dir == cell.run_dir
+    wait_until(lambda: any(a["outcome"] == "interrupted" for a in read_attempts(run_dir, "train")), 600,
+               "the paused train stage to be signalled before its time limit and requeued", poll=0.5)
+    (run_dir / "PAUSE").unlink()
+    assert wait_finished([job], 900)[job] == "COMPLETED"
+
     attempts = read_attempts(run_dir, "train")
     assert attempts[-1]["outcome"] == "completed" and attempts[-1]["step"] == n
     interrupted = [a for a in attempts if a["outcome"] == "interrupted"]

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -105,3 +107,100 @@ def test_ddp_two_gloo_ranks_agree_and_loss_falls(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()]
     first, last = rows[0]["loss"], rows[-1]["loss"]
     assert last < first, (first, last)
+
+
+# ---------------------------------------------------------------- PAUSE file
+
+
+def _release_when_paused(run_dir: Path, seen: dict, forbidden: Path, finished: threading.Event):
+    """Watcher thread: once PAUSED appears, note it and what exists, then remove PAUSE.
+
+    Stops looking when ``finished`` is set (training ended without ever pausing).
+    """
+    def body():
+        marker = run_dir / "PAUSED"
+        while not marker.exists():
+            if finished.is_set():
+                seen["error"] = f"training ended and {marker} never appeared"
+                return
+            time.sleep(0.02)
+        seen["marker"] = json.loads(marker.read_text())
+        # Held: the next checkpoint cannot appear while PAUSE stands, however long we look.
+        time.sleep(1.0)
+        seen["next_checkpoint_while_paused"] = forbidden.exists()
+        (run_dir / "PAUSE").unlink()
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_pause_file_holds_training_at_a_checkpoint_and_changes_nothing(tmp_path):
+    run_dir = tmp_path / "runs" / "held"
+    run_dir.mkdir(parents=True)
+    (run_dir / "PAUSE").touch()
+    seen: dict = {}
+    finished = threading.Event()
+    watcher = _release_when_paused(run_dir, seen, ckpt_io.checkpoint_path(run_dir, 4), finished)
+    try:
+        held = train_cfg(tmp_path, "run_name=held", "train.iterations=6", "train.ckpt_every=2")
+    finally:
+        finished.set()
+        watcher.join()
+    assert "error" not in seen, seen
+    assert seen["marker"]["step"] == 2 and seen["marker"]["checkpoint"] == str(ckpt_io.checkpoint_path(run_dir, 2))
+    assert seen["next_checkpoint_while_paused"] is False
+    assert not (run_dir / "PAUSED").exists() and not (run_dir / "PAUSE").exists()
+    straight = train_cfg(tmp_path, "run_name=straight", "train.iterations=6", "train.ckpt_every=2")
+    a, b = _states(held.checkpoint), _states(straight.checkpoint)
+    for part in ("model", "ema"):
+        for key in a[part]:
+            torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=0, msg=f"{part}.{key}")
+
+
+def test_a_stop_request_ends_a_pause_and_the_final_step_never_pauses(tmp_path):
+    from benchmark import pause
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    assert pause.hold_if_paused(run_dir, 3, run_dir / "c.pt", stop_requested=lambda: True) is False
+    (run_dir / "PAUSE").touch()
+    assert pause.hold_if_paused(run_dir, 3, run_dir / "c.pt", stop_requested=lambda: True) is True
+    assert not (run_dir / "PAUSED").exists()
+    # A PAUSE file present throughout: training still ends, since the last step does not pause.
+    done = tmp_path / "runs" / "last"
+    done.mkdir(parents=True)
+    (done / "PAUSE").touch()
+    result = train_cfg(tmp_path, "run_name=last", "train.iterations=2", "train.ckpt_every=5")
+    assert result.step == 2 and (done / "PAUSE").exists()
+
+
+def _ddp_pause_worker(rank: int, world: int, port: int, tmp: str, out: str):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    from benchmark.train import train
+
+    result = train(compose(tiny(Path(tmp), "run_name=ddp_pause", "train.iterations=6", "train.ckpt_every=2")))
+    torch.save({k: v.detach().clone() for k, v in result.model_state.items()}, f"{out}/rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_ddp_ranks_pause_and_leave_together(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    run_dir = tmp_path / "runs" / "ddp_pause"
+    run_dir.mkdir(parents=True)
+    (run_dir / "PAUSE").touch()
+    seen: dict = {}
+    finished = threading.Event()
+    watcher = _release_when_paused(run_dir, seen, ckpt_io.checkpoint_path(run_dir, 4), finished)
+    try:
+        mp.spawn(_ddp_pause_worker, args=(2, _free_port(), str(tmp_path), str(out)), nprocs=2, join=True)
+    finally:
+        finished.set()
+        watcher.join()
+    assert "error" not in seen and seen["marker"]["step"] == 2 and seen["next_checkpoint_while_paused"] is False
+    w0, w1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for key in w0:
+        torch.testing.assert_close(w0[key], w1[key], rtol=0, atol=0, msg=key)
