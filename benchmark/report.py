@@ -4,362 +4,35 @@ The output is a pure function of the results directory: everything is sorted,
 no clock is read, and PNGs are written without timestamp metadata, so the same
 results give byte-identical files. Written files:
 
-* ``README.md``: index of datasets, kernel and method-speed pages, published sources;
-* ``<dataset>-<resolution>.md`` per dataset and resolution: FID/IS/Precision/Recall
-  per model (DiT, DTR, Switch-DiT x S/B/L/XL, debug when measured), the measured
-  value beside the published one with the difference, a protocol line, a second
-  table with KID/sFID/clean-FID, plots (FID over training steps, loss curves) and
-  links to sample grids and diagnostics under ``results/artifacts``;
+* ``README.md``: index of datasets, kernel and method-speed pages, published sources,
+  and any record file that was refused (unknown schema, a hash that does not match its
+  protocol), one line each; the rest of the report is still built;
+* ``<dataset>-<resolution>.md`` per dataset and resolution (benchmark.runs_report):
+  one table per evaluation protocol, seeds aggregated, bootstrap intervals, compute,
+  published numbers only beside records of the published protocol, plots;
 * ``kernels.md`` from ``results/kernels/*.json`` and ``methods.md`` from
   ``results/methods/*.json`` when present.
-
-Published numbers are read from ``results/published/*.csv`` (comment lines
-``# source:``/``# protocol:`` describe them).
 """
 from __future__ import annotations
 
 import json
 import math
 import os
+import sys
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
-import pandas as pd
-
+from benchmark import runs_report
 from benchmark.atomic import atomic_write_text
-from benchmark.results import load_records
+from benchmark.results import scan_records
 from kernels import bench as kernel_bench
 from kernels.source import fused_kernel_sha256
 
-METHOD_NAMES = {"dit": "DiT", "dtr": "DTR", "switch_dit": "Switch-DiT"}
-METHOD_ORDER = ("dit", "dtr", "switch_dit")
-SIZE_ORDER = ("S", "B", "L", "XL", "debug")
-PNG_METADATA = {"Software": None}  # no version/time stamps in PNG bytes
-
-# (column header, metric key, decimals) for the main and the extra table.
-MAIN_COLUMNS = (("FID", "fid", 2), ("Inception Score", "inception_score", 2), ("Precision", "precision", 2),
-                ("Recall", "recall", 2))
-EXTRA_COLUMNS = (("KID", "kid", 4), ("sFID", "sfid", 2), ("clean-FID", "fid_clean", 2))
-MINUS = "\u2212"
-
-
-# ------------------------------------------------------------------ helpers
-
-
-def _slug(dataset: str, image_size: int) -> str:
-    return f"{dataset}-{image_size}"
-
-
-def model_label(method: str, size: str, patch_size: int | None = 2) -> str:
-    name = METHOD_NAMES.get(method, method)
-    label = f"{name}-{size}"
-    return label if patch_size in (None, 2) else f"{label}/{patch_size}"
-
-
-def _order_key(method: str, size: str) -> tuple:
-    s = SIZE_ORDER.index(size) if size in SIZE_ORDER else len(SIZE_ORDER)
-    m = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-    return (s, size, m, method)
-
-
-def _num(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def _fmt(value: float | None, decimals: int) -> str:
-    return "n/a" if value is None else f"{value:.{decimals}f}".replace("-", MINUS)
-
-
-def _fmt_signed(value: float, decimals: int) -> str:
-    text = f"{abs(value):.{decimals}f}"
-    if float(text) == 0:
-        return f"\u00b1{text}"
-    return f"+{text}" if value > 0 else f"{MINUS}{text}"
-
-
-def cell_text(measured: float | None, published: float | None, decimals: int, *, has_record: bool = True) -> str:
-    """``27.10 (pub 27.96, Δ −0.86)``; ``— (pub 27.96)`` when not measured; ``n/a`` when unavailable."""
-    if not has_record:
-        return "\u2014" if published is None else f"\u2014 (pub {_fmt(published, decimals)})"
-    if published is None:
-        return _fmt(measured, decimals)
-    if measured is None:
-        return f"n/a (pub {_fmt(published, decimals)})"
-    return f"{_fmt(measured, decimals)} (pub {_fmt(published, decimals)}, \u0394 {_fmt_signed(measured - published, decimals)})"
-
-
-def _count_label(n: int) -> str:
-    return f"{n // 1000}K" if n >= 1000 and n % 1000 == 0 else str(n)
-
-
-def _markdown_table(rows: list[dict], columns: list[str]) -> str:
-    frame = pd.DataFrame(rows, columns=columns)
-    return frame.to_markdown(index=False, disable_numparse=True)
-
-
-def _rel(target: Path, start: Path) -> str:
-    return Path(os.path.relpath(target, start)).as_posix()
-
-
-def _latest(records: list[dict]) -> dict:
-    return max(records, key=lambda r: (r.get("iterations", 0), str(r.get("created", "")), r["run_id"]))
-
-
-# ------------------------------------------------------------------ published numbers
-
-
-def load_published(results_dir: str | os.PathLike) -> tuple[dict[tuple, dict], list[dict]]:
-    """(lookup (dataset, image_size, method, size) -> row, list of sources with their comment lines)."""
-    lookup: dict[tuple, dict] = {}
-    sources: list[dict] = []
-    for path in sorted((Path(results_dir) / "published").glob("*.csv")):
-        meta = {}
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.startswith("#") and ":" in line:
-                key, _, value = line[1:].partition(":")
-                meta[key.strip()] = value.strip()
-        frame = pd.read_csv(path, comment="#")
-        sources.append({"file": path.name, **meta})
-        for row in frame.to_dict("records"):
-            key = (str(row["dataset"]), int(row["image_size"]), str(row["method"]), str(row["size"]))
-            lookup[key] = {**row, "source_file": path.name}
-    return lookup, sources
-
-
-# ------------------------------------------------------------------ plots
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", metadata=PNG_METADATA)
-
-
-def plot_fid_over_steps(cells: dict[tuple, list[dict]], path: Path) -> Path | None:
-    series = {}
-    for (method, size, patch), recs in sorted(cells.items(), key=lambda kv: _order_key(kv[0][0], kv[0][1])):
-        pts = sorted((r["iterations"], _num(r["metrics"].get("fid"))) for r in recs)
-        pts = [(i, f) for i, f in pts if f is not None]
-        if pts:
-            series[model_label(method, size, patch)] = pts
-    if not any(len(p) > 1 for p in series.values()):
-        return None
-    return _line_plot(series, path, "training iterations", "FID", marker="o", lw=1.4)
-
-
-def _line_plot(series: dict[str, list[tuple[float, float]]], path: Path, xlabel: str, ylabel: str, *,
-               marker: str | None = None, lw: float = 1.2, log_y: bool = False) -> Path:
-    """One labelled line per series, written to ``path``."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-    for label, pts in series.items():
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, lw=lw, label=label)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    if log_y:
-        ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    _save(fig, path)
-    plt.close(fig)
-    return path
-
-
-def _read_loss_log(path: Path) -> list[tuple[float, float]]:
-    points = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return points
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        step, loss = _num(row.get("step")), _num(row.get("loss"))
-        if step is not None and loss is not None:
-            points.append((step, loss))
-    return sorted(points)
-
-
-def plot_loss_curves(latest: list[dict], results_dir: Path, path: Path) -> Path | None:
-    curves = {}
-    for rec in latest:
-        log = rec.get("artifacts", {}).get("metrics_log")
-        if log:
-            pts = _read_loss_log(results_dir / log)
-            if pts:
-                curves[model_label(rec["method"], rec["size"], rec.get("patch_size"))] = pts
-    if not curves:
-        return None
-    positive = all(p[1] > 0 for pts in curves.values() for p in pts)
-    return _line_plot(curves, path, "training step", "loss", log_y=positive)
-
-
-# ------------------------------------------------------------------ dataset pages
-
-
-def _distinct(values: Iterable[Any]) -> str:
-    vals = sorted({str(v) for v in values if v not in (None, "")})
-    return ", ".join(vals) if vals else "n/a"
-
-
-def _hardware_text(hw: dict) -> str:
-    if not hw:
-        return ""
-    count = hw.get("count")
-    name = hw.get("name") or hw.get("device", "")
-    text = f"{hw.get('device', '?')} {name}".strip()
-    if count and count != 1:
-        text += f" x{count}"
-    return text
-
-
-def _sampler_text(record: dict) -> str:
-    return f"{record.get('sampler')} {record.get('sampling_steps')} steps"
-
-
-def protocol_line(records: list[dict]) -> str:
-    ev = [r.get("evaluation", {}) for r in records]
-    weights = _distinct(
-        f"{Path(str(e.get('weights', ''))).name} (sha256 {str(e.get('weights_sha256', ''))[:12]})" for e in ev
-    )
-    parts = [
-        f"samples: {_distinct(e.get('num_samples', r.get('num_samples')) for e, r in zip(ev, records))}",
-        f"sampler: {_distinct(_sampler_text(r) for r in records)}",
-        f"cfg scale: {_distinct(r.get('cfg_scale') for r in records)}",
-        f"reference: {_distinct(e.get('reference') for e in ev)}",
-        f"weights: {weights}",
-        f"training iterations: {_distinct(r.get('iterations') for r in records)}",
-        f"hardware: {_distinct(_hardware_text(r.get('hardware', {})) for r in records)}",
-        f"commit: {_distinct(str(r.get('git_commit'))[:12] for r in records if r.get('git_commit'))}",
-    ]
-    return "Protocol \u2014 " + "; ".join(parts) + "."
-
-
-def _unavailable_notes(records: list[dict]) -> list[str]:
-    notes = set()
-    for rec in records:
-        label = model_label(rec["method"], rec["size"], rec.get("patch_size"))
-        for key, value in rec.get("metrics", {}).items():
-            if key.endswith("_unavailable") and value:
-                notes.add(f"- {label}: {key[: -len('_unavailable')]} unavailable \u2014 {value}")
-    return sorted(notes)
-
-
-def _fid_header(records: list[dict]) -> str:
-    counts = {r.get("evaluation", {}).get("num_samples", r.get("num_samples")) for r in records}
-    counts.discard(None)
-    return f"FID-{_count_label(int(next(iter(counts))))}" if len(counts) == 1 else "FID"
-
-
-def dataset_page(dataset: str, image_size: int, records: list[dict], published: dict[tuple, dict],
-                 sources: list[dict], results_dir: Path, reports_dir: Path) -> tuple[str, list[Path]]:
-    """Markdown for one dataset/resolution and the plots it references."""
-    slug = _slug(dataset, image_size)
-    cells: dict[tuple, list[dict]] = defaultdict(list)
-    for rec in records:
-        cells[(rec["method"], rec["size"], rec.get("patch_size", 2))].append(rec)
-    pub_rows = {(m, s): row for (d, r, m, s), row in published.items() if d == dataset and r == image_size}
-    keys = set(cells) | {(m, s, int(row.get("patch_size", 2))) for (m, s), row in pub_rows.items()}
-    ordered = sorted(keys, key=lambda k: (_order_key(k[0], k[1]), k[2]))
-    latest = {k: _latest(cells[k]) for k in ordered if k in cells}
-    shown = [latest[k] for k in ordered if k in latest]
-
-    lines = [f"# {dataset} {image_size}x{image_size}", ""]
-    fid_header = _fid_header(shown) if shown else "FID-50K"
-    if pub_rows and not shown:
-        fid_header = "FID-50K"
-    columns = ["Model", fid_header, "Inception Score", "Precision", "Recall"]
-    rows = []
-    for key in ordered:
-        method, size, patch = key
-        rec, pub = latest.get(key), pub_rows.get((method, size))
-        row = {"Model": model_label(method, size, patch)}
-        for (header, metric, dec), col in zip(MAIN_COLUMNS, columns[1:]):
-            measured = _num(rec["metrics"].get(metric)) if rec else None
-            published_value = _num(pub.get(metric)) if pub else None
-            row[col] = cell_text(measured, published_value, dec, has_record=rec is not None)
-        rows.append(row)
-    lines += [_markdown_table(rows, columns), ""]
-    if shown:
-        lines += [protocol_line(shown), ""]
-    else:
-        lines += ["No measured runs yet; published values only.", ""]
-    notes = _unavailable_notes(shown)
-    if notes:
-        lines += ["Unavailable metrics:", "", *notes, ""]
-    used_sources = sorted({row["source_file"] for row in pub_rows.values()})
-    for src in sources:
-        if src["file"] in used_sources:
-            lines += [f"Published (`results/published/{src['file']}`): {src.get('source', '')}",
-                      "", f"Published protocol: {src.get('protocol', 'n/a')}", ""]
-
-    written: list[Path] = []
-    if shown:
-        extra_cols = ["Model"] + [h for h, _, _ in EXTRA_COLUMNS] + ["Samples", "Iterations", "Run"]
-        extra_rows = []
-        for rec in shown:
-            row = {"Model": model_label(rec["method"], rec["size"], rec.get("patch_size"))}
-            for header, metric, dec in EXTRA_COLUMNS:
-                row[header] = _fmt(_num(rec["metrics"].get(metric)), dec)
-            row["Samples"] = str(rec.get("evaluation", {}).get("num_samples", rec.get("num_samples")))
-            row["Iterations"] = str(rec.get("iterations"))
-            row["Run"] = f"`{rec['run_id']}`"
-            extra_rows.append(row)
-        lines += ["## KID, sFID and clean-FID", "", _markdown_table(extra_rows, extra_cols), ""]
-
-        plots = []
-        fid_plot = plot_fid_over_steps({k: v for k, v in cells.items()}, reports_dir / f"{slug}-fid-vs-steps.png")
-        if fid_plot:
-            plots.append(("FID over training iterations (every record)", fid_plot))
-        loss_plot = plot_loss_curves(shown, results_dir, reports_dir / f"{slug}-loss.png")
-        if loss_plot:
-            plots.append(("Training loss of the runs in the table", loss_plot))
-        if plots:
-            lines += ["## Plots", ""]
-            for title, path in plots:
-                lines += [f"![{title}]({_rel(path, reports_dir)})", ""]
-                written.append(path)
-
-        history = [r for k in ordered if k in cells for r in sorted(
-            cells[k], key=lambda r: (r.get("iterations", 0), str(r.get("created", "")), r["run_id"]))
-            if r is not latest[k]]
-        if history:
-            hist_rows = [{"Model": model_label(r["method"], r["size"], r.get("patch_size")),
-                          "Iterations": str(r.get("iterations")),
-                          "FID": _fmt(_num(r["metrics"].get("fid")), 2),
-                          "Created": str(r.get("created", "")), "Run": f"`{r['run_id']}`"} for r in history]
-            lines += ["## Earlier records (not in the table)", "",
-                      _markdown_table(hist_rows, ["Model", "Iterations", "FID", "Created", "Run"]), ""]
-
-        art_lines = []
-        for rec in shown:
-            arts = rec.get("artifacts", {})
-            links = []
-            for name in ("sample_grid", "loss_curve", "metrics_log"):
-                if arts.get(name):
-                    links.append(f"[{name.replace('_', ' ')}]({_rel(results_dir / arts[name], reports_dir)})")
-            for name, path in sorted((arts.get("diagnostics") or {}).items()):
-                links.append(f"[{name}]({_rel(results_dir / path, reports_dir)})")
-            if links:
-                label = model_label(rec["method"], rec["size"], rec.get("patch_size"))
-                art_lines.append(f"- {label} (`{rec['run_id']}`): " + " \u00b7 ".join(links))
-        if art_lines:
-            lines += ["## Samples and diagnostics", "", *art_lines, ""]
-    return "\n".join(lines).rstrip() + "\n", written
+# The dataset pages live in benchmark.runs_report; these names stay importable from here.
+cell_text, model_label = runs_report.cell_text, runs_report.model_label
+_markdown_table = runs_report.markdown_table
+load_published = runs_report.load_published
 
 
 # ------------------------------------------------------------------ kernels and method speed
@@ -529,27 +202,36 @@ def _write_text(path: Path, text: str) -> Path:
 
 
 def build_report(results_dir: str | os.PathLike = "results", reports_dir: str | os.PathLike = "reports") -> list[Path]:
-    """Rebuild every report page from ``results_dir``; returns the files written, sorted."""
+    """Rebuild every report page from ``results_dir``; returns the files written, sorted.
+
+    A record that cannot be read is named in one line on stderr and in the index; the
+    rest of the report is still built.
+    """
     results_dir, reports_dir = Path(results_dir), Path(reports_dir)
-    records = load_records(results_dir)
-    published, sources = load_published(results_dir)
+    records, refused = scan_records(results_dir)
+    for line in refused:
+        print(f"report: {line}", file=sys.stderr)
+    published = runs_report.load_published(results_dir)
 
     groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for rec in records:
         groups[(rec["dataset"], int(rec["image_size"]))].append(rec)
-    for (dataset, image_size, _, _) in published:
-        groups.setdefault((dataset, image_size), [])
+    for table in published:
+        for (dataset, image_size, *_rest) in table["rows"]:
+            groups.setdefault((dataset, image_size), [])
 
     written: list[Path] = []
     index = ["# Benchmark reports", "", "Generated from `results/` by `python -m benchmark report`.", "",
              "## Datasets", ""]
     for (dataset, image_size) in sorted(groups):
         recs = groups[(dataset, image_size)]
-        text, plots = dataset_page(dataset, image_size, recs, published, sources, results_dir, reports_dir)
-        page = _write_text(reports_dir / f"{_slug(dataset, image_size)}.md", text)
+        text, plots = runs_report.dataset_page(dataset, image_size, recs, published, results_dir, reports_dir)
+        page = _write_text(reports_dir / f"{dataset}-{image_size}.md", text)
         written += [page, *plots]
         index.append(f"- [{dataset} {image_size}x{image_size}]({page.name}): {len(recs)} record(s)")
     index.append("")
+    if refused:
+        index += ["## Records not shown", "", *[f"- {_relative_line(line, results_dir)}" for line in refused], ""]
 
     kernels = _load_json_dir(results_dir / "kernels")
     methods = _load_json_dir(results_dir / "methods")
@@ -562,9 +244,14 @@ def build_report(results_dir: str | os.PathLike = "results", reports_dir: str | 
         extra.append(f"- [Method speed](methods.md): {len(methods)} file(s)")
     if extra:
         index += ["## Speed", "", *extra, ""]
-    if sources:
+    if published:
         index += ["## Published reference numbers", ""]
-        index += [f"- `results/published/{s['file']}`: {s.get('source', '')}" for s in sources]
+        index += [f"- `results/published/{t['file']}`: {t['meta'].get('source', '')}" for t in published]
         index.append("")
     written.append(_write_text(reports_dir / "README.md", "\n".join(index).rstrip() + "\n"))
     return sorted(written)
+
+
+def _relative_line(line: str, results_dir: Path) -> str:
+    """A refusal line without the machine's absolute path to the results folder."""
+    return line.replace(str(results_dir) + os.sep, "results/")

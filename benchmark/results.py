@@ -1,16 +1,20 @@
-"""Machine-written result records: one JSON file per evaluated run.
+"""Machine-written result records: one JSON file per evaluated cell, named by its identity.
 
 Layout under a results directory::
 
-    runs/<run_id>.json             the record (schema 1, fields in ``REQUIRED_FIELDS``)
-    artifacts/<run_id>/<name>      PNGs, the training metrics JSONL, diagnostics
+    runs/<run id>/<eval id>.json          the record (schema 2); ids from benchmark.identity
+    artifacts/<run id>/<name>             what belongs to the training run (its metrics log, loss curve)
+    artifacts/<run id>/<eval id>/<name>   what belongs to one evaluation (sample grid, diagnostics)
 
-Records are validated before they are written (missing fields, wrong types and
-non-finite metrics are refused with a one-line ``ValueError``) and written
-atomically: a temporary file in the same directory followed by ``os.replace``,
-so a reader never sees a half-written record. Artifact paths stored inside a
-record are relative to the results directory, which keeps ``results/``
-relocatable and lets reports link to them with stable relative paths.
+A record carries its identity (``identity``: the training and evaluation protocols and their
+hashes) and, as plain fields for readers, the values derived from it (method, size, the
+checkpoint step as ``iterations``, sampler, ...). Records are validated before they are
+written and when they are read: a missing field, a wrong type, a non-finite metric, a hash
+that does not match its protocol (a hand-edited file), a derived field that disagrees with
+the identity, or a file name that is not the record's own is refused with a one-line
+``ValueError`` naming the file. A record is never replaced: writing over an existing one
+raises ``FileExistsError`` (``overwrite=true`` moves the old one aside first, see
+benchmark.aside). Artifact paths are relative to the results directory.
 """
 from __future__ import annotations
 
@@ -18,47 +22,52 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import re
 import shutil
-import subprocess
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from benchmark.atomic import atomic_write, atomic_write_text
+from benchmark.identity import check_spec_hash
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 RUNS_DIR = "runs"
 ARTIFACTS_DIR = "artifacts"
 
-# Top-level fields every record carries, with the types each may take.
-# ``None`` among the types means the field is required but may be null
-# (e.g. cfg_scale for an unconditional run, autoencoder for pixel space).
 _NUM = (int, float)
+_NONE = type(None)
+# Top-level fields every record carries, with the types each may take (None: may be null).
 REQUIRED_FIELDS: dict[str, tuple[type, ...]] = {
     "schema": (int,),
     "run_id": (str,),
+    "eval_id": (str,),
+    "identity": (dict,),
+    "recipe": (str, _NONE),
     "method": (str,),
     "size": (str,),
     "patch_size": (int,),
     "dataset": (str,),
     "image_size": (int,),
-    "iterations": (int,),
-    "global_batch_size": (int,),
+    "iterations": (int, _NONE),            # the evaluated checkpoint's step (None: an outside checkpoint)
+    "global_batch_size": (int, _NONE),
     "seed": (int,),
     "sampler": (str,),
     "sampling_steps": (int,),
-    "cfg_scale": _NUM + (type(None),),
+    "cfg_scale": _NUM,
+    "guidance_channels": (int, _NONE),
     "num_samples": (int,),
-    "autoencoder": (str, type(None)),
+    "autoencoder": (str, _NONE),
     "evaluation": (dict,),
     "metrics": (dict,),
     "training": (dict,),
+    "compute": (dict,),
     "artifacts": (dict,),
     "wall_time_s": (dict,),
     "hardware": (dict,),
-    "git_commit": (str, type(None)),
+    "versions": (dict,),
+    "git": (dict,),
+    "git_commit": (str, _NONE),
     "created": (str,),
 }
 
@@ -69,22 +78,30 @@ EVALUATION_FIELDS = ("feature_extractor", "weights", "weights_sha256", "referenc
 # Inception Score must come with the reason it is unavailable.
 METRIC_FIELDS = ("fid", "inception_score", "precision", "recall", "kid", "sfid", "fid_clean")
 
-# run ids become file names: keep them portable and free of path separators.
-_RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
+# Ids become folder and file names: portable, no path separators.
+_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=+-]{0,199}$")
+
+
+class RecordExists(FileExistsError):
+    """A record of this identity is already written; overwrite=true moves it aside first."""
+
+
+def validate_id(value: Any, what: str = "run_id") -> str:
+    """Return ``value`` if it is a safe file-name stem, else raise ``ValueError``."""
+    if not isinstance(value, str) or not _ID_RE.match(value) or value in {".", ".."}:
+        raise ValueError(
+            f"{what} {value!r} is invalid: use 1-200 characters from letters, digits and ._=+- "
+            "(starting with a letter or digit)"
+        )
+    return value
 
 
 def validate_run_id(run_id: Any) -> str:
-    """Return ``run_id`` if it is a safe file-name stem, else raise ``ValueError``."""
-    if not isinstance(run_id, str) or not _RUN_ID_RE.match(run_id) or run_id in {".", ".."}:
-        raise ValueError(
-            f"run_id {run_id!r} is invalid: use 1-200 characters from letters, digits and ._=+- "
-            "(starting with a letter or digit)"
-        )
-    return run_id
+    return validate_id(run_id, "run_id")
 
 
 def _type_names(types: tuple[type, ...]) -> str:
-    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+    return " or ".join("null" if t is _NONE else t.__name__ for t in types)
 
 
 def _check_finite(value: Any, where: str) -> None:
@@ -101,10 +118,69 @@ def _check_finite(value: Any, where: str) -> None:
             _check_finite(v, f"{where}[{i}]")
 
 
+# ------------------------------------------------------------------ fields derived from the identity
+
+
+def derived_fields(ident: Mapping) -> dict:
+    """The plain fields a record shows for readers, read off its identity (the one source)."""
+    evals = ident["eval"]
+    sampling = evals["sampling"]
+    sample, ckpt = sampling["sample"], sampling["checkpoint"]
+    train = ident.get("train")
+    out = {
+        "iterations": ckpt.get("step"),
+        "seed": sampling["seed"],
+        "sampler": sample["sampler"],
+        "sampling_steps": sample["steps"],
+        "cfg_scale": sample["cfg_scale"],
+        "guidance_channels": sample.get("guidance_channels"),
+        "num_samples": evals["num_fid_samples"],
+    }
+    if train is not None:
+        ae = train["autoencoder"]
+        out.update(
+            method=train["method"]["name"], size=train["size"]["name"], patch_size=train["model"]["patch_size"],
+            dataset=train["data"]["name"], image_size=train["data"]["image_size"],
+            global_batch_size=train["train"]["global_batch_size"],
+            autoencoder=None if ae["name"] == "none" else f"{ae['name']}-{ae.get('variant', '')}".rstrip("-"),
+        )
+    else:
+        model = ckpt["model"]
+        out.update(method=model["method"], size=model["size"], patch_size=model["patch_size"],
+                   global_batch_size=None)
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b
+
+
+def _check_identity(record: Mapping) -> None:
+    ident = record["identity"]
+    for key in ("eval", "eval_hash", "train", "train_hash"):
+        if key not in ident:
+            raise ValueError(f"record identity lacks {key!r}")
+    check_spec_hash(ident["eval"], ident["eval_hash"], "evaluation")
+    if ident["train"] is not None:
+        check_spec_hash(ident["train"], ident["train_hash"], "training")
+        if not record["run_id"].endswith(f"-{ident['train_hash']}"):
+            raise ValueError(f"run_id {record['run_id']!r} does not end with its training hash {ident['train_hash']}")
+    if not record["eval_id"].endswith(f"-{ident['eval_hash']}"):
+        raise ValueError(f"eval_id {record['eval_id']!r} does not end with its evaluation hash {ident['eval_hash']}")
+    for key, value in derived_fields(ident).items():
+        if not _same(record.get(key), value):
+            raise ValueError(f"record field {key!r} = {record.get(key)!r} disagrees with its identity ({value!r})")
+
+
 def validate_record(record: Mapping[str, Any]) -> None:
     """Raise ``ValueError`` naming the first problem in ``record``; return None if it is valid."""
     if not isinstance(record, Mapping):
         raise TypeError(f"record must be a dict, got {type(record).__name__}")
+    if record.get("schema") != SCHEMA_VERSION:
+        raise ValueError(f"record schema {record.get('schema')!r} is not supported; this code reads schema "
+                         f"{SCHEMA_VERSION}")
     missing = [k for k in REQUIRED_FIELDS if k not in record]
     if missing:
         raise ValueError(f"record is missing required fields {missing}; required: {list(REQUIRED_FIELDS)}")
@@ -115,9 +191,8 @@ def validate_record(record: Mapping[str, Any]) -> None:
             raise ValueError(
                 f"record field {key!r} = {value!r} has type {type(value).__name__}; expected {_type_names(types)}"
             )
-    if record["schema"] != SCHEMA_VERSION:
-        raise ValueError(f"record schema {record['schema']!r} is not supported; this code writes schema {SCHEMA_VERSION}")
-    validate_run_id(record["run_id"])
+    validate_id(record["run_id"], "run_id")
+    validate_id(record["eval_id"], "eval_id")
 
     evaluation = record["evaluation"]
     missing_eval = [k for k in EVALUATION_FIELDS if k not in evaluation]
@@ -131,7 +206,7 @@ def validate_record(record: Mapping[str, Any]) -> None:
                 raise ValueError(f"metrics.{key} = {value!r} must be a non-empty reason string")
             continue
         if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float, dict, list))):
-            raise ValueError(f"metrics.{key} = {value!r} must be a number, null, or a nested dict of numbers")
+            raise ValueError(f"metrics.{key} = {value!r} must be a number, null, a list or a nested dict of numbers")
         _check_finite(value, f"metrics.{key}")
     if "fid" not in metrics:
         raise ValueError("record metrics must contain 'fid' (a number, or null with 'fid_unavailable')")
@@ -139,120 +214,89 @@ def validate_record(record: Mapping[str, Any]) -> None:
         if key in metrics and metrics[key] is None and not metrics.get(f"{key}_unavailable"):
             raise ValueError(f"metrics.{key} is null without metrics.{key}_unavailable giving the reason")
 
-    _check_finite(record["training"], "training")
-    _check_finite(record["wall_time_s"], "wall_time_s")
+    for key in ("training", "compute", "wall_time_s"):
+        _check_finite(record[key], key)
     for key, value in record["artifacts"].items():
-        if key == "diagnostics":
-            if not isinstance(value, Mapping):
-                raise ValueError(f"artifacts.diagnostics must be a dict name -> path, got {type(value).__name__}")
-            paths = list(value.values())
-        else:
-            paths = [value]
+        paths = list(value.values()) if isinstance(value, Mapping) else [value]
         for p in paths:
-            if p is not None and (not isinstance(p, str) or Path(p).is_absolute()):
+            if p is not None and (not isinstance(p, str) or Path(p).is_absolute() or ".." in Path(p).parts):
                 raise ValueError(f"artifact path {p!r} under artifacts.{key} must be relative to the results dir")
+    _check_identity(record)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_text(path, text)
+# ------------------------------------------------------------------ files
 
 
-def record_path(results_dir: str | os.PathLike, run_id: str) -> Path:
-    """Where the record of ``run_id`` lives under ``results_dir``."""
-    return Path(results_dir) / RUNS_DIR / f"{validate_run_id(run_id)}.json"
+def record_path(results_dir: str | os.PathLike, run_id: str, eval_id: str) -> Path:
+    """Where the record of (``run_id``, ``eval_id``) lives under ``results_dir``."""
+    return Path(results_dir) / RUNS_DIR / validate_id(run_id, "run_id") / f"{validate_id(eval_id, 'eval_id')}.json"
+
+
+def artifact_dir(results_dir: str | os.PathLike, run_id: str, eval_id: str | None = None) -> Path:
+    base = Path(results_dir) / ARTIFACTS_DIR / validate_id(run_id, "run_id")
+    return base / validate_id(eval_id, "eval_id") if eval_id else base
 
 
 def write_record(record: Mapping[str, Any], results_dir: str | os.PathLike) -> Path:
-    """Validate ``record`` and write it atomically to ``results_dir/runs/<run_id>.json``.
-
-    An existing record with the same run id is replaced (re-evaluating a run
-    updates its record). Returns the path written.
-    """
+    """Validate ``record`` and write it atomically to its path; an existing record is never replaced."""
     validate_record(record)
-    path = record_path(results_dir, record["run_id"])
+    path = record_path(results_dir, record["run_id"], record["eval_id"])
+    if path.exists():
+        raise RecordExists(f"record {path} exists; overwrite=true moves it aside and evaluates again")
     # allow_nan=False: a second guard so NaN can never reach disk as invalid JSON.
-    text = json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n"
-    _atomic_write_text(path, text)
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=True, allow_nan=False) + "\n")
     return path
 
 
-def load_records(results_dir: str | os.PathLike) -> list[dict]:
-    """All records under ``results_dir/runs``, sorted by run id (deterministic for reports).
+def read_record(path: str | os.PathLike, results_dir: str | os.PathLike | None = None) -> dict:
+    """One record, validated; ``ValueError`` naming the file for anything wrong with it."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        validate_record(record)
+        if results_dir is not None and path != record_path(results_dir, record["run_id"], record["eval_id"]):
+            raise ValueError(f"its name is not its identity's ({record['run_id']}/{record['eval_id']}.json)")
+    except (OSError, json.JSONDecodeError, ValueError, TypeError, KeyError) as exc:
+        raise ValueError(f"result record {path} refused: {exc}") from None
+    return record
 
-    A file that is not valid JSON or not a valid record raises ``ValueError``
-    naming the file, rather than being silently skipped.
-    """
+
+def record_files(results_dir: str | os.PathLike) -> list[Path]:
     runs = Path(results_dir) / RUNS_DIR
-    if not runs.is_dir():
-        return []
-    records = []
-    for path in sorted(runs.glob("*.json")):
+    return sorted(runs.glob("*/*.json")) if runs.is_dir() else []
+
+
+def scan_records(results_dir: str | os.PathLike) -> tuple[list[dict], list[str]]:
+    """(valid records sorted by run and eval id, one line per file refused and why)."""
+    records, refused = [], []
+    for path in record_files(results_dir):
         try:
-            record = json.loads(path.read_text(encoding="utf-8"))
-            validate_record(record)
-        except (json.JSONDecodeError, ValueError, TypeError) as exc:
-            raise ValueError(f"invalid result record {path}: {exc}") from exc
-        records.append(record)
-    return sorted(records, key=lambda r: r["run_id"])
+            records.append(read_record(path, results_dir))
+        except ValueError as exc:
+            refused.append(str(exc))
+    return sorted(records, key=lambda r: (r["run_id"], r["eval_id"])), refused
 
 
-def copy_artifact(src: str | os.PathLike, results_dir: str | os.PathLike, run_id: str, name: str) -> str:
-    """Copy ``src`` to ``results_dir/artifacts/<run_id>/<name>``; return that path relative to ``results_dir``.
+def load_records(results_dir: str | os.PathLike) -> list[dict]:
+    """Every record; the first refused file raises ``ValueError`` naming it."""
+    records, refused = scan_records(results_dir)
+    if refused:
+        raise ValueError(refused[0])
+    return records
 
-    The relative POSIX path is what goes into ``record["artifacts"]``.
-    """
+
+def copy_artifact(src: str | os.PathLike, results_dir: str | os.PathLike, run_id: str, name: str,
+                  eval_id: str | None = None) -> str:
+    """Copy ``src`` into the run's (or the evaluation's) artifact folder; return the path relative to ``results_dir``."""
     src = Path(src)
     if not src.is_file():
         raise ValueError(f"artifact source {str(src)!r} is not a file")
     name_path = Path(name)
     if not name or name_path.is_absolute() or ".." in name_path.parts:
         raise ValueError(f"artifact name {name!r} must be a relative path inside the run's artifact dir")
-    rel = Path(ARTIFACTS_DIR) / validate_run_id(run_id) / name_path
-    dst = Path(results_dir) / rel
+    dst = artifact_dir(results_dir, run_id, eval_id) / name_path
     atomic_write(dst, lambda tmp: shutil.copyfile(src, tmp))
-    return rel.as_posix()
-
-
-def git_commit(repo_dir: str | os.PathLike | None = None) -> str | None:
-    """The current commit hash (with ``-dirty`` when the work tree has changes), or None outside git."""
-    cwd = Path(repo_dir) if repo_dir is not None else Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=cwd, capture_output=True, text=True, timeout=10, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{sha}-dirty" if dirty else sha or None
-
-
-def hardware_info(device: Any = None) -> dict:
-    """Describe the hardware a run used: device type, its name, how many, and the torch version."""
-    import torch
-
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    info: dict[str, Any] = {"device": dev.type, "torch": torch.__version__}
-    if dev.type == "cuda" and torch.cuda.is_available():
-        index = dev.index if dev.index is not None else torch.cuda.current_device()
-        info["name"] = torch.cuda.get_device_name(index)
-        info["count"] = torch.cuda.device_count()
-        world = _world_size()
-        if world > 1:
-            info["world_size"] = world
-    else:
-        info["name"] = platform.processor() or platform.machine() or "cpu"
-        info["count"] = 1
-        info["cpu_threads"] = torch.get_num_threads()
-    return info
-
-
-def _world_size() -> int:
-    import torch.distributed as dist
-
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return dst.relative_to(Path(results_dir)).as_posix()
 
 
 def utc_now() -> str:
@@ -260,21 +304,24 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
-def new_record(**fields: Any) -> dict:
-    """A record skeleton with schema, created, git commit and empty sub-dicts filled in; ``fields`` override."""
+def new_record(ident: Mapping, *, provenance: Mapping, **fields: Any) -> dict:
+    """A record for identity ``ident`` (CellIdentity.as_record()): derived fields, provenance, ``fields``."""
     record: dict[str, Any] = {
         "schema": SCHEMA_VERSION,
-        "evaluation": {},
-        "metrics": {},
-        "training": {},
-        "artifacts": {},
-        "wall_time_s": {},
-        "hardware": {},
-        "git_commit": git_commit(),
+        "run_id": ident["run_id"],
+        "eval_id": ident["eval_id"],
+        "identity": {k: v for k, v in ident.items() if k not in ("run_id", "eval_id")},
+        "recipe": None,
+        "evaluation": {}, "metrics": {}, "training": {}, "compute": {}, "artifacts": {}, "wall_time_s": {},
+        "git_commit": provenance.get("git_commit"),
+        "git": dict(provenance.get("git") or {}),
+        "hardware": dict(provenance.get("hardware") or {}),
+        "versions": dict(provenance.get("versions") or {}),
         "created": utc_now(),
     }
     record.update(fields)
-    return record
+    record.update(derived_fields(record["identity"]))
+    return json.loads(json.dumps(record))   # plain JSON types throughout
 
 
 def records_for(records: Iterable[Mapping[str, Any]], **match: Any) -> list[dict]:

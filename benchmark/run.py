@@ -2,105 +2,118 @@
 
 With ``-m`` (or no ``method=``, which sweeps every registered method) Hydra runs this
 once per cell; each cell writes its own record and rebuilds the report, so the report
-after the last cell shows them all.
+after the last cell shows them all. A cell whose record exists is finished: it is
+reported and skipped (``overwrite=true`` moves its files aside and runs it again); a
+cell whose training or sampling finished earlier continues from there.
 """
 from __future__ import annotations
 
+import json
 import logging
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+import torch
+from omegaconf import DictConfig
 
+from benchmark import cell, identity
 from benchmark import results as res
-from benchmark.distributed import init_distributed
+from benchmark.distributed import barrier, init_distributed
 
 log = logging.getLogger(__name__)
 
 
-def _cell_fields(cfg: DictConfig) -> dict:
-    return dict(
-        run_id=cfg.run_name,
-        method=cfg.method.name,
-        size=cfg.size.name,
-        patch_size=int(cfg.model.patch_size),
-        dataset=cfg.data.name,
-        image_size=int(cfg.data.image_size),
-        iterations=int(cfg.train.iterations),
-        global_batch_size=int(cfg.train.global_batch_size),
-        seed=int(cfg.seed),
-        sampler=cfg.sample.sampler,
-        sampling_steps=int(cfg.sample.steps),
-        cfg_scale=float(cfg.sample.cfg_scale),
-        num_samples=int(cfg.sample.num_samples),
-        autoencoder=None if cfg.autoencoder.name == "none" else
-        f"{cfg.autoencoder.name}-{cfg.autoencoder.get('variant', '')}".rstrip("-"),
-    )
+def _checkpoint_extra(ckpt: Path) -> dict:
+    """The trainer's bookkeeping in a checkpoint of this suite (training time, devices); {} otherwise."""
+    try:
+        payload = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # an outside checkpoint in another format
+        return {}
+    extra = payload.get("extra") if isinstance(payload, dict) else None
+    return {k: v for k, v in (extra or {}).items() if k in ("train_wall_s", "devices", "device_type")}
 
 
-def _diagnostics(cfg: DictConfig, ckpt: Path, out_dir: Path) -> dict[str, str]:
+def _log_until(metrics_log: Path, step: int | None) -> list[dict]:
+    if not metrics_log.is_file():
+        return []
+    rows = [json.loads(line) for line in metrics_log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [r for r in rows if step is None or r.get("step", 0) <= step]
+
+
+def record_run(cfg: DictConfig, *, dataset=None, wall: dict | None = None) -> Path:
+    """Evaluate a cell's samples and write its record (plus artifacts) under paths.results."""
+    from benchmark import plots
+    from benchmark.compute import compute_record
+    from benchmark.evaluate import evaluate_samples
+    from benchmark.provenance import provenance
     from benchmark.sample import load_model
 
-    model = load_model(cfg, ckpt, device=__import__("torch").device("cpu"))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return dict(model.diagnostics(out_dir))
-
-
-def record_run(cfg: DictConfig, *, train_result=None, sample_result=None, dataset=None,
-               wall: dict | None = None) -> Path:
-    """Evaluate a run's samples and write its record (plus artifacts) under paths.results."""
-    from benchmark import plots
-    from benchmark.evaluate import evaluate_samples
-    from benchmark.sample import resolve_checkpoint, sample_folder
-    from benchmark.train import run_dir_of
-
-    run_dir = run_dir_of(cfg)
-    npz = sample_result.npz if sample_result else sample_folder(cfg) / "samples.npz"
+    ident = identity.cell_identity(cfg)
+    path = cell.record_of(cfg, ident)
+    if path.exists():
+        raise res.RecordExists(f"record {path} exists; overwrite=true moves it aside and evaluates again")
+    npz = cell.sample_folder(cfg, ident) / "samples.npz"
     if not npz.is_file():
         raise FileNotFoundError(f"{npz} does not exist; run `benchmark sample` for this cell first")
-    ckpt = train_result.checkpoint if train_result else resolve_checkpoint(cfg)
+    ckpt = cell.resolve_checkpoint(cfg)
     t0 = time.time()
     evaluation = evaluate_samples(cfg, npz, dataset=dataset)
     eval_time = time.time() - t0
 
     results_dir = Path(cfg.paths.results)
-    run_id = cfg.run_name
+    run_dir = cell.owner_dir(cfg, ident)
+    label = f"{ident.run_id} / {ident.eval_id}"
     artifacts: dict = {}
-    metrics_log = run_dir / "metrics.jsonl"
-    if metrics_log.is_file() and metrics_log.stat().st_size:
-        curve = plots.loss_curve(metrics_log, run_dir / "loss_curve.png", title=run_id)
-        artifacts["loss_curve"] = res.copy_artifact(curve, results_dir, run_id, "loss_curve.png")
-        artifacts["metrics_log"] = res.copy_artifact(metrics_log, results_dir, run_id, "metrics.jsonl")
-    grid = plots.sample_grid(npz, run_dir / "sample_grid.png")
-    artifacts["sample_grid"] = res.copy_artifact(grid, results_dir, run_id, "sample_grid.png")
-    diags = _diagnostics(cfg, ckpt, run_dir / "diagnostics")
-    artifacts["diagnostics"] = {name: res.copy_artifact(path, results_dir, run_id, f"{name}.png")
-                                for name, path in sorted(diags.items())}
 
-    training = {"checkpoint": str(ckpt)}
-    if train_result is not None:
-        training.update(final_loss=train_result.final_loss, steps_per_sec=train_result.steps_per_sec,
-                        num_parameters=train_result.num_parameters)
-    wall = dict(wall or {})
+    def keep(src: Path, name: str) -> str:
+        return res.copy_artifact(src, results_dir, ident.run_id, name, eval_id=ident.eval_id)
+
+    scratch = run_dir / "evaluations" / ident.eval_id
+    scratch.mkdir(parents=True, exist_ok=True)
+    rows = _log_until(run_dir / "metrics.jsonl", ident.checkpoint.get("step"))
+    if rows:
+        log_copy = scratch / "metrics.jsonl"
+        log_copy.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), encoding="utf-8")
+        artifacts["metrics_log"] = keep(log_copy, "metrics.jsonl")
+        artifacts["loss_curve"] = keep(plots.loss_curve(log_copy, scratch / "loss_curve.png", title=ident.run_id),
+                                       "loss_curve.png")
+    artifacts["sample_grid"] = keep(plots.sample_grid(npz, scratch / "sample_grid.png", title=label), "sample_grid.png")
+    model = load_model(cfg, ckpt, device=torch.device("cpu"))
+    diags = dict(model.diagnostics(scratch / "diagnostics"))
+    artifacts["diagnostics"] = {name: keep(p, f"{name}.png") for name, p in sorted(diags.items())}
+
+    extra = _checkpoint_extra(ckpt)
+    build = getattr(model, "build_kwargs", {})
+    compute = compute_record(model, global_batch=(ident.train or {}).get("train", {}).get("global_batch_size"),
+                             steps=ident.checkpoint.get("step"), train_wall_s=extra.get("train_wall_s"),
+                             devices=extra.get("devices"), device_type=extra.get("device_type", "unknown"))
+    last = rows[-1] if rows else {}
+    training = {"checkpoint": str(ckpt), "final_loss": last.get("loss"), "steps_per_sec": last.get("steps_per_sec"),
+                "aux_losses": {k: v for k, v in last.items() if k.startswith("aux_")},
+                "num_parameters": compute["parameters"], "build": {k: build[k] for k in sorted(build)}}
+    wall = {k: v for k, v in dict(wall or {}).items() if v is not None}
+    if extra.get("train_wall_s") is not None:
+        wall["train"] = extra["train_wall_s"]
     wall["evaluate"] = eval_time
     wall["total"] = sum(v for k, v in wall.items() if k != "total")
-    import torch
-
+    fields = {} if ident.train is not None else {"dataset": cfg.data.name, "image_size": int(cfg.data.image_size)}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     record = res.new_record(
-        **_cell_fields(cfg),
-        evaluation=evaluation["evaluation"],
-        metrics=evaluation["metrics"],
-        training=training,
-        artifacts=artifacts,
-        wall_time_s=wall,
-        hardware=res.hardware_info("cuda" if torch.cuda.is_available() else "cpu"),
-        config=OmegaConf.to_container(cfg, resolve=True),
-    )
-    path = res.write_record(record, results_dir)
+        ident.as_record(), provenance=provenance(device), recipe=cfg.get("recipe"),
+        evaluation=evaluation["evaluation"], metrics=evaluation["metrics"], training=training, compute=compute,
+        artifacts=artifacts, wall_time_s=wall, **fields)
+    written = res.write_record(record, results_dir)
     from benchmark.report import build_report
 
     build_report(results_dir, Path(cfg.paths.reports))
-    return path
+    return written
+
+
+def announce(cfg: DictConfig) -> identity.CellIdentity:
+    ident = identity.cell_identity(cfg)
+    recipe = cfg.get("recipe") or "none (the config as composed)"
+    print(f"cell: run {ident.run_id}, evaluation {ident.eval_id}; recipe: {recipe}", flush=True)
+    return ident
 
 
 def main(cfg: DictConfig) -> Path | None:
@@ -108,15 +121,22 @@ def main(cfg: DictConfig) -> Path | None:
     from benchmark.train import train
 
     info = init_distributed()
-    train_result = train(cfg)
-    cfg = cfg.copy()
-    OmegaConf.set_struct(cfg, False)
-    cfg.sample.ckpt = str(train_result.checkpoint)
+    if info.is_main:
+        cfg = cell.apply_overwrite(cfg, ("train", "sample", "evaluate"))
+        ident = announce(cfg)
+    barrier()
+    cfg = cell.with_values(cfg, overwrite=False)
+    path = cell.record_of(cfg)
+    if path.exists():
+        if info.is_main:
+            print(f"finished: {path} (overwrite=true runs the cell again)")
+        return path
+    train(cfg)
     sample_result = sample(cfg)
     if not info.is_main:
         return None
-    path = record_run(cfg, train_result=train_result, sample_result=sample_result,
-                      wall={"train": train_result.wall_time_s, "sample": sample_result.wall_time_s})
+    path = record_run(cfg, wall={"sample": sample_result.wall_time_s})
+    assert path == cell.record_of(cfg, ident)
     print(f"record: {path}")
     print(f"report: {Path(cfg.paths.reports) / 'README.md'}")
     return path

@@ -12,7 +12,6 @@ import hashlib
 import json
 import logging
 import math
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from PIL import Image
 
 import methods
-from benchmark import checkpoint as ckpt_io
+from benchmark import cell
 from benchmark.atomic import atomic_write, atomic_write_json
 from benchmark.distributed import barrier, init_distributed
 
@@ -44,28 +43,6 @@ class SampleResult:
 def respacing(sampler: str, steps: int) -> str:
     """The respacing string of benchmark.diffusion: '250' for DDPM, 'ddim50' for DDIM."""
     return {"ddpm": str(steps), "ddim": f"ddim{steps}"}[sampler]
-
-
-def resolve_checkpoint(cfg: DictConfig) -> Path:
-    if cfg.sample.ckpt:
-        path = Path(str(cfg.sample.ckpt))
-        if not path.is_file():
-            raise FileNotFoundError(f"sample.ckpt={path} does not exist; pass a checkpoint file")
-        return path
-    from benchmark.train import run_dir_of
-
-    path = ckpt_io.latest_checkpoint(run_dir_of(cfg))
-    if path is None:
-        raise FileNotFoundError(f"no checkpoint under {run_dir_of(cfg)}; train first or pass sample.ckpt=PATH")
-    return path
-
-
-def sample_folder(cfg: DictConfig) -> Path:
-    if cfg.sample.out:
-        return Path(str(cfg.sample.out))
-    from benchmark.train import run_dir_of
-
-    return run_dir_of(cfg) / "samples"
 
 
 def _model_build_overrides(cfg: DictConfig) -> dict:
@@ -119,20 +96,19 @@ def sampling_manifest(cfg: DictConfig, ckpt: Path) -> dict:
 
 
 def _claim_folder(folder: Path, manifest: dict) -> None:
-    """Keep the folder's finished samples only if they were drawn with ``manifest``.
+    """Keep the folder's finished samples (a pre-empted job resumes) only if drawn with ``manifest``.
 
-    Resuming a pre-empted job must not redo finished batches, but samples of another checkpoint
-    (a retrained run) or other settings would silently stand in for the new ones: those go.
+    Samples of another checkpoint (a retrained run) or of other settings would silently stand in
+    for the new ones; they are not deleted either: the folder is refused (``overwrite=true`` moves
+    it aside, ``sample.out`` names another).
     """
     path = folder / MANIFEST
     old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
-    if old != manifest:
-        stale = [*folder.glob("[0-9]*.png"), *folder.glob(".labels_*.npy"), *folder.glob("samples.npz")]
-        if stale:
-            print(f"sample: {folder} holds samples drawn from another checkpoint or with other settings; "
-                  "drawing them again", file=sys.stderr, flush=True)
-            for p in stale:
-                p.unlink()
+    stale = [*folder.glob("[0-9]*.png"), *folder.glob(".labels_*.npy"), *folder.glob("samples.npz")]
+    if old is not None and old != manifest or old is None and stale:
+        raise ValueError(f"sample folder {folder} holds samples drawn from another checkpoint or with other "
+                         "settings; pass overwrite=true to move them aside, or another sample.out")
+    if old is None:
         atomic_write_json(path, manifest)
 
 
@@ -146,7 +122,7 @@ def sample(cfg: DictConfig) -> SampleResult:
     started = time.time()
     info = init_distributed()
     device = info.device
-    ckpt = resolve_checkpoint(cfg)
+    ckpt = cell.resolve_checkpoint(cfg)
     model = load_model(cfg, ckpt, device)
     build = getattr(model, "build_kwargs", {})
     num_classes = int(build.get("num_classes", cfg.data.num_classes))
@@ -160,7 +136,7 @@ def sample(cfg: DictConfig) -> SampleResult:
     diffusion = create_diffusion(respacing(cfg.sample.sampler, cfg.sample.steps),
                                  noise_schedule=cfg.diffusion.noise_schedule, learn_sigma=learn_sigma,
                                  num_timesteps=cfg.diffusion.num_timesteps)
-    folder = sample_folder(cfg)
+    folder = cell.sample_folder(cfg)
     folder.mkdir(parents=True, exist_ok=True)
     if info.is_main:
         _claim_folder(folder, sampling_manifest(cfg, ckpt))
@@ -221,6 +197,10 @@ def pack_npz(folder: Path, n: int, out: Path) -> Path:
 
 
 def main(cfg: DictConfig) -> SampleResult:
-    result = sample(cfg)
+    info = init_distributed()
+    if info.is_main:
+        cfg = cell.apply_overwrite(cfg, ("sample",))
+    barrier()
+    result = sample(cell.with_values(cfg, overwrite=False))
     print(f"samples: {result.folder} ({result.num_samples} images), npz: {result.npz}")
     return result

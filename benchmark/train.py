@@ -27,7 +27,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 import methods
 from benchmark import checkpoint as ckpt_io
-from benchmark import pause, preempt
+from benchmark import cell, identity, pause, preempt
+from benchmark.atomic import atomic_write_json, atomic_write_text
 from benchmark.config import loss_weight_spec, method_options
 from benchmark.distributed import DistInfo, barrier, init_distributed
 
@@ -45,10 +46,25 @@ class TrainResult:
     metrics_log: Path
     num_parameters: int
     model_state: dict | None = None   # this rank's final weights (DDP agreement checks)
+    train_wall_s: float | None = None  # training time over every attempt of this run (resumes included)
+    devices: int = 1                   # ranks that trained (device-hours = train_wall_s x devices)
+    resumed_from: Path | None = None
+    finished_before: bool = False      # the run was already trained: nothing ran
 
 
-def run_dir_of(cfg: DictConfig) -> Path:
-    return Path(cfg.paths.runs) / cfg.run_name
+def claim_run_folder(cfg: DictConfig, run_dir: Path) -> None:
+    """Create the run folder with its identity file, or check that it holds this training protocol."""
+    spec = identity.train_spec(cfg)
+    doc = {"run_id": run_dir.name, "train_hash": identity.spec_hash(spec), "train": spec,
+           "recipe": cfg.get("recipe")}
+    found = identity.read_run_identity(run_dir)
+    if found is None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(run_dir / identity.IDENTITY_FILE, doc)
+    elif found.get("train_hash") != doc["train_hash"] or found.get("train") != json.loads(json.dumps(spec)):
+        raise ValueError(f"run folder {run_dir} holds another training protocol ({run_dir / identity.IDENTITY_FILE} "
+                         f"has hash {found.get('train_hash')}, this config {doc['train_hash']}); choose another "
+                         "run_name or paths.runs")
 
 
 def build_data(cfg: DictConfig, info: DistInfo):
@@ -97,11 +113,6 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
         ema_params[name].mul_(decay).add_(param.detach(), alpha=1 - decay)
 
 
-def _unwrap(model):
-    model = getattr(model, "module", model)
-    return getattr(model, "_orig_mod", model)
-
-
 class LossWeighting:
     """Per-sample ε-loss weights (constant / min-SNR / P2) and optional uncertainty weighting."""
 
@@ -138,9 +149,12 @@ def _autocast(cfg: DictConfig, device: torch.device):
 
 
 def _resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
+    """The checkpoint training continues from: by default the run folder's newest one (the same
+    protocol, so continuing gives what a fresh start would); ``latest`` insists on one; a PATH may
+    be a run of the same protocol that planned another number of iterations (extending it)."""
     resume = cfg.train.resume
-    if resume in (None, "", "none"):
-        return None
+    if resume in (None, ""):
+        return ckpt_io.latest_checkpoint(run_dir)
     if resume == "latest":
         path = ckpt_io.latest_checkpoint(run_dir)
         if path is None:
@@ -160,6 +174,29 @@ def _check_compatible(payload: dict, build: dict, path: Path) -> None:
         raise ValueError(f"checkpoint {path} was trained with another model ({shown}); resume needs the same cell")
 
 
+def _flat(tree, prefix: str = "") -> dict:
+    if not isinstance(tree, dict):
+        return {prefix: tree}
+    out = {}
+    for key, value in tree.items():
+        out.update(_flat(value, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def _check_same_protocol(payload: dict, cfg: DictConfig, path: Path) -> None:
+    """A resumed checkpoint must come from the same training protocol; only train.iterations may differ."""
+    saved = payload.get("config")
+    if not isinstance(saved, dict):
+        return  # a checkpoint without its config: the build check above is all there is
+    mine = _flat(json.loads(json.dumps(identity.train_spec(cfg))))
+    theirs = _flat(json.loads(json.dumps(identity.train_spec(saved))))
+    diff = sorted(k for k in set(mine) | set(theirs) if k != "train.iterations" and mine.get(k) != theirs.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: checkpoint {theirs.get(k)!r} vs config {mine.get(k)!r}" for k in diff[:3])
+        raise ValueError(f"checkpoint {path} was trained under another protocol ({shown}); a run continues only "
+                         "from its own protocol (train.iterations may differ)")
+
+
 def _append_jsonl(path: Path, row: dict) -> None:
     with open(path, "a", encoding="utf-8") as fh:
         fh.write(json.dumps(row, sort_keys=True) + "\n")
@@ -171,16 +208,22 @@ def train(cfg: DictConfig) -> TrainResult:
     started = time.time()
     info = init_distributed()
     device = info.device
-    run_dir = run_dir_of(cfg)
+    run_dir = cell.run_dir(cfg)
     if cfg.train.global_batch_size % info.world_size:
         raise ValueError(f"train.global_batch_size={cfg.train.global_batch_size} is not divisible by the "
                          f"world size {info.world_size}; choose a multiple of {info.world_size}")
     per_rank = cfg.train.global_batch_size // info.world_size
+    if info.is_main:
+        claim_run_folder(cfg, run_dir)
+    barrier()
+    iterations = int(cfg.train.iterations)
     resume_from = _resume_path(cfg, run_dir)
     payload = ckpt_io.load_training_checkpoint(resume_from) if resume_from else None
+    if payload is not None:
+        _check_same_protocol(payload, cfg, resume_from)
+        if int(payload["step"]) >= iterations and Path(resume_from).parent == ckpt_io.checkpoint_dir(run_dir):
+            return _finished(cfg, run_dir, resume_from, payload, started, info)
 
-    if info.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
     dataset, _, latents = build_data(cfg, info)
     c, h, w = latents.latents.shape[1:]
     build = build_kwargs(cfg, in_channels=c, input_size=h, num_classes=dataset.num_classes)
@@ -205,8 +248,9 @@ def train(cfg: DictConfig) -> TrainResult:
     opt = torch.optim.AdamW(groups, lr=float(cfg.train.lr), weight_decay=float(cfg.train.weight_decay),
                             betas=tuple(cfg.train.adam_betas))
 
-    start_step = 0
+    start_step, wall_before = 0, 0.0
     if payload is not None:
+        wall_before = float(payload.get("extra", {}).get("train_wall_s", 0.0))
         model.load_state_dict(payload["model"])
         ema.load_state_dict(payload["ema"])
         opt.load_state_dict(payload["opt"])
@@ -223,20 +267,27 @@ def train(cfg: DictConfig) -> TrainResult:
     model.train()
 
     metrics_log = run_dir / "metrics.jsonl"
-    if info.is_main and start_step == 0 and metrics_log.exists():
-        metrics_log.unlink()  # a fresh run replaces the old log; a resumed one appends to it
-    iterations = int(cfg.train.iterations)
+    if info.is_main and metrics_log.exists():
+        # Rows past the checkpoint come from an attempt whose steps are trained again now.
+        _truncate_log(metrics_log, start_step)
     config_container = OmegaConf.to_container(cfg, resolve=True)
     last_ckpt = resume_from
-    running, running_n, last_loss, sps = 0.0, 0, None, None
-    window_start, window_steps = time.time(), 0
+    loop_started = time.time()
+
+    def save(step: int) -> Path:
+        wall = wall_before + time.time() - loop_started
+        return _save(cfg, info, run_dir, step, model, ema, opt, weighting, config_container, build,
+                     {"train_wall_s": wall, "devices": info.world_size, "device_type": device.type})
+
+    window = _Window()
+    last_loss, sps = None, None
     bar = _progress(cfg, info, start_step, iterations)
     num_timesteps = diffusion.num_timesteps
 
     for step in range(start_step, iterations):
         if _stop_requested(info, device):
             # A scheduler asked us to stop: save this step boundary, then let its handler requeue.
-            last_ckpt = _save(cfg, info, run_dir, step, model, ema, opt, weighting, config_container, build)
+            last_ckpt = save(step)
             preempt.complete()
         torch.manual_seed(_step_seed(cfg.seed, step, info.rank, info.world_size))
         idx = latents.indices_for_step(step, per_rank, seed=cfg.seed, rank=info.rank,
@@ -254,7 +305,8 @@ def train(cfg: DictConfig) -> TrainResult:
         with _autocast(cfg, device):
             terms = diffusion.training_losses(model_fn, x, t, model_kwargs={"y": y},
                                               mse_weight=weighting.mse_weight(t))
-            loss = weighting.reduce(terms["loss"].float(), t)
+            diffusion_loss = weighting.reduce(terms["loss"].float(), t)
+            loss = diffusion_loss
             for value in aux.values():
                 loss = loss + value.float()
         opt.zero_grad(set_to_none=True)
@@ -268,28 +320,18 @@ def train(cfg: DictConfig) -> TrainResult:
         opt.step()
         update_ema(ema, model, float(cfg.train.ema_decay))
 
-        running += loss.detach().item()
-        running_n += 1
-        window_steps += 1
+        window.add(diffusion_loss.detach(), loss.detach(), aux)
         done = step + 1
         if done % cfg.train.log_every == 0 or done == iterations:
-            avg = torch.tensor([running / running_n], device=device)
-            if info.world_size > 1:
-                dist.all_reduce(avg)
-                avg /= info.world_size
-            now = time.time()
-            sps = window_steps / max(now - window_start, 1e-9)
-            last_loss = float(avg.item())
+            row = window.row(done, info, device)
+            last_loss, sps = row["loss"], row["steps_per_sec"]
             if info.is_main:
-                row = {"step": done, "loss": last_loss, "steps_per_sec": sps,
-                       **{f"aux_{k}": float(v.detach()) for k, v in aux.items()}}
                 _append_jsonl(metrics_log, row)
-            running, running_n, window_start, window_steps = 0.0, 0, now, 0
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", sps=f"{sps:.2f}" if sps else "-")
+            bar.set_postfix(loss=f"{diffusion_loss.item():.4f}", sps=f"{sps:.2f}" if sps else "-")
         if done % cfg.train.ckpt_every == 0 or done == iterations:
-            last_ckpt = _save(cfg, info, run_dir, done, model, ema, opt, weighting, config_container, build)
+            last_ckpt = save(done)
             if done < iterations:
                 # An operator's PAUSE file holds the run here, its checkpoint on disk.
                 pause.hold_if_paused(run_dir, done, last_ckpt, stop_requested=preempt.requested,
@@ -301,7 +343,65 @@ def train(cfg: DictConfig) -> TrainResult:
     return TrainResult(run_dir=run_dir, checkpoint=Path(last_ckpt), step=max(iterations, start_step),
                        final_loss=last_loss, steps_per_sec=sps, wall_time_s=time.time() - started,
                        metrics_log=metrics_log, num_parameters=num_params,
-                       model_state=model.state_dict())
+                       model_state=model.state_dict(), train_wall_s=wall_before + time.time() - loop_started,
+                       devices=info.world_size, resumed_from=resume_from)
+
+
+class _Window:
+    """Means over one logging window: the diffusion loss, every auxiliary loss, and their sum."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.n = 0
+        self.start = time.time()
+
+    def add(self, diffusion_loss: torch.Tensor, total: torch.Tensor, aux: dict) -> None:
+        values = {"loss": diffusion_loss, "total_loss": total, **{f"aux_{k}": v.detach() for k, v in aux.items()}}
+        for key, value in values.items():
+            self.sums[key] = self.sums.get(key, 0.0) + float(value.float().item())
+        self.n += 1
+
+    def row(self, step: int, info: DistInfo, device) -> dict:
+        keys = sorted(self.sums)
+        avg = torch.tensor([self.sums[k] / self.n for k in keys], device=device, dtype=torch.float64)
+        if info.world_size > 1:
+            dist.all_reduce(avg)
+            avg /= info.world_size
+        now = time.time()
+        row = {"step": step, "steps_per_sec": self.n / max(now - self.start, 1e-9),
+               **{k: float(v) for k, v in zip(keys, avg.tolist())}}
+        self.sums, self.n, self.start = {}, 0, now
+        return row
+
+
+def _truncate_log(metrics_log: Path, step: int) -> None:
+    lines = [ln for ln in metrics_log.read_text(encoding="utf-8").splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+    if len(kept) != len(lines):
+        atomic_write_text(metrics_log, "".join(ln + "\n" for ln in kept))
+
+
+def _last_logged(metrics_log: Path) -> dict:
+    try:
+        lines = [ln for ln in metrics_log.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        return json.loads(lines[-1]) if lines else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _finished(cfg: DictConfig, run_dir: Path, checkpoint: Path, payload: dict, started: float,
+              info: DistInfo) -> TrainResult:
+    """The run already holds its final checkpoint: nothing is trained again (overwrite=true redoes it)."""
+    if info.is_main:
+        print(f"train: {run_dir.name} is finished ({checkpoint}); overwrite=true trains it again", flush=True)
+    extra = payload.get("extra", {})
+    last = _last_logged(run_dir / "metrics.jsonl")
+    num_params = sum(v.numel() for k, v in payload["model"].items())
+    return TrainResult(run_dir=run_dir, checkpoint=Path(checkpoint), step=int(payload["step"]),
+                       final_loss=last.get("loss"), steps_per_sec=last.get("steps_per_sec"),
+                       wall_time_s=time.time() - started, metrics_log=run_dir / "metrics.jsonl",
+                       num_parameters=num_params, train_wall_s=extra.get("train_wall_s"),
+                       devices=int(extra.get("devices", 1)), resumed_from=Path(checkpoint), finished_before=True)
 
 
 def _stop_requested(info: DistInfo, device) -> bool:
@@ -314,10 +414,12 @@ def _stop_requested(info: DistInfo, device) -> bool:
     return flag
 
 
-def _save(cfg, info: DistInfo, run_dir: Path, step: int, model, ema, opt, weighting, config, build) -> Path:
+def _save(cfg, info: DistInfo, run_dir: Path, step: int, model, ema, opt, weighting, config, build,
+          bookkeeping: dict) -> Path:
     path = ckpt_io.checkpoint_path(run_dir, step)
     if info.is_main:
         extra = {"uw": weighting.uw.state_dict()} if weighting.uw is not None else {}
+        extra.update(bookkeeping)
         ckpt_io.save_checkpoint(path, model=model, ema=ema, optimizer=opt, step=step, config=config,
                                 build=build, extra=extra)
     barrier()
@@ -339,7 +441,11 @@ def _progress(cfg, info: DistInfo, start: int, total: int):
 
 
 def main(cfg: DictConfig) -> TrainResult:
-    result = train(cfg)
+    info = init_distributed()
+    if info.is_main:
+        cfg = cell.apply_overwrite(cfg, ("train",))
+    barrier()
+    result = train(cell.with_values(cfg, overwrite=False))
     if math.isfinite(result.final_loss or 0.0):
         log.info("trained %s to step %d: %s", cfg.run_name, result.step, result.checkpoint)
     print(f"checkpoint: {result.checkpoint}")

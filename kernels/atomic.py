@@ -11,15 +11,40 @@ from __future__ import annotations
 
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
+
+
+_umask_lock = threading.Lock()
+
+
+def _umask() -> int:
+    # The process umask can only be read by setting it; the lock keeps threads from racing on that.
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
+def _fsync(path: str | os.PathLike) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a directory; the data was synced already
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], object], *, suffix: str = ".tmp") -> Path:
     """Call ``write(tmp_path)`` and rename the result to ``path``; the error propagates, no file is left.
 
-    ``suffix`` is the temporary name's ending, for writers that append one themselves
-    (``np.savez`` adds ``.npz`` unless the name already ends with it).
+    The file gets the mode a plain ``open`` would give it (0666 less the umask: ``mkstemp`` makes
+    0600, which colleagues on a shared filesystem could not read), and it and its folder are
+    fsync-ed around the rename, so after a crash ``path`` holds the old or the new content, never
+    an empty file. ``suffix`` is the temporary name's ending, for writers that append one
+    themselves (``np.savez`` adds ``.npz`` unless the name already ends with it).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -27,7 +52,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object], *, suf
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

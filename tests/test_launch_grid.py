@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 
 from benchmark.config import ConfigError, compose
+from benchmark.identity import cell_identity
 from benchmark.launch.grid import build_grid, expand_aliases, split_args
 
 
@@ -19,11 +20,13 @@ def test_sweep_expands_to_composed_cells_in_hydra_order(tmp_path):
     for cell in cells:
         # Independent reference: compose the same cell directly.
         ref = compose([*cell.overrides, *paths(tmp_path)])
-        assert cell.run_name == ref.run_name
+        ident = cell_identity(ref)
+        assert cell.run_id == ident.run_id and cell.run_id.startswith(ref.run_name + "-")
         assert cell.config["method"]["name"] == ref.method.name
-        assert cell.record == tmp_path / "results" / "runs" / f"{ref.run_name}.json"
-        assert cell.run_dir == tmp_path / "runs" / ref.run_name
-    assert len({c.run_name for c in cells}) == 4
+        assert cell.record == tmp_path / "results" / "runs" / ident.run_id / f"{ident.eval_id}.json"
+        assert cell.run_dir == tmp_path / "runs" / ident.run_id
+        assert cell.key == f"{ident.run_id}/{ident.eval_id}"
+    assert len({c.run_id for c in cells}) == 4
 
 
 def test_relative_paths_become_absolute(tmp_path, monkeypatch):
@@ -33,12 +36,19 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
     assert cell.config["paths"]["results"] == str(tmp_path / "res")
 
 
-def test_cells_sharing_a_run_folder_are_refused(tmp_path):
-    with pytest.raises(ConfigError, match=r"'train.lr=0.001' and 'train.lr=0.002' share the run folder"):
-        build_grid(["train.lr=0.001,0.002", *paths(tmp_path)])
-    # Putting the swept key into run_name separates them.
-    cells = build_grid(["train.lr=0.001,0.002", "run_name=cell-${train.lr}", *paths(tmp_path)])
-    assert [c.run_name for c in cells] == ["cell-0.001", "cell-0.002"]
+def test_swept_protocol_keys_get_their_own_run_folders(tmp_path):
+    # A swept training key is part of the identity: its cells train into different folders.
+    cells = build_grid(["train.lr=0.001,0.002", *paths(tmp_path)])
+    assert len({c.run_dir for c in cells}) == 2 and len({c.record for c in cells}) == 2
+
+
+def test_cells_of_one_identity_or_one_training_run_are_refused(tmp_path):
+    # moe_backend computes the same function: not part of the identity, so the cells are one cell.
+    with pytest.raises(ConfigError, match="are the same cell .*NOT_IDENTITY"):
+        build_grid(["method=switch_dit", "method.options.moe_backend=torch,auto", *paths(tmp_path)])
+    # Different sampling of one training run would train it twice at once.
+    with pytest.raises(ConfigError, match="share the training run .* submit those settings one after the other"):
+        build_grid(["sample.num_samples=8,16", *paths(tmp_path)])
 
 
 def test_missing_data_path_refuses_the_grid_before_anything_is_written(tmp_path):

@@ -41,18 +41,22 @@ def test_local_grid_failure_resubmit_and_skip(tmp_path, capsys):
     assert (status.state, status.stage, status.log) == ("failed", "evaluate", str(log))
 
     run_dir = Path(cell["run_dir"])
-    pngs = {p.name: p.stat().st_mtime_ns for p in (run_dir / "samples").glob("*.png")}
+    pngs = {p.name: p.stat().st_mtime_ns for p in (run_dir / "samples").glob("*/*.png")}
     assert len(pngs) == 8
     reference = tmp_path / "reference.npz"
     np.savez(reference, mu=np.zeros(2048), sigma=np.eye(2048))
     fixed = args_for(tmp_path, reference)
     assert cli.main(["submit", *fixed]) == 0
-    record = Path(cell["record"])
-    assert json.loads(record.read_text())["run_id"] == cell["run_name"]
+    # Another reference is another evaluation protocol: a record of its own, the same training run.
+    fixed_cell = load_manifests(tmp_path / "runs")[-1]["cells"][0]
+    assert fixed_cell["run_id"] == cell["run_id"] and fixed_cell["eval_id"] != cell["eval_id"]
+    record = Path(fixed_cell["record"])
+    assert json.loads(record.read_text())["run_id"] == cell["run_id"]
+    assert not Path(cell["record"]).exists()
     # training resumed at its final step (nothing redone), the images were not drawn again
     completed = [a for a in read_attempts(run_dir, "train") if a["outcome"] == "completed"]
     assert len(completed) == 2 and completed[1]["resumed_from"] == completed[0]["checkpoint"]
-    assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "samples").glob("*.png")} == pngs
+    assert {p.name: p.stat().st_mtime_ns for p in (run_dir / "samples").glob("*/*.png")} == pngs
 
     (status,) = grid_statuses(fixed)[0]
     assert status.state == "done"

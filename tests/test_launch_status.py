@@ -22,8 +22,8 @@ def entry(states: dict[str, str] | None = None, local: bool = False, pid: int | 
         jobs[stage] = job
     manifest = {"id": "x", "launcher": "local" if local else "slurm", "host": os.uname().nodename,
                 "pid": pid or os.getpid()}
-    return manifest, {"run_name": "r", "label": "seed=0", "record": "/res/runs/r.json", "run_dir": "/runs/r",
-                      "jobs": jobs}
+    return manifest, {"key": "r/e", "run_id": "r", "eval_id": "e", "label": "seed=0", "record": "/res/runs/r/e.json",
+                      "run_dir": "/runs/r", "jobs": jobs}
 
 
 def status_of(train, sample, evaluate, record=False):
@@ -61,7 +61,7 @@ def test_a_record_means_done_whatever_the_jobs_say():
 
 def test_jobs_finished_without_a_record_is_a_failure_naming_the_record():
     s = status_of("COMPLETED", "COMPLETED", "COMPLETED")
-    assert s.state == "failed" and "/res/runs/r.json" in s.detail
+    assert s.state == "failed" and "/res/runs/r/e.json" in s.detail
 
 
 def test_local_stage_of_a_dead_submitter_is_failed_not_running():
@@ -83,12 +83,12 @@ def test_table_shows_the_log_of_failed_cells_only():
 
 def test_manifests_are_atomic_and_the_newest_entry_wins(tmp_path):
     old = mf.new_submission(tmp_path, "slurm", ["seed=0,1"], str(tmp_path))
-    old["cells"] = [{"run_name": "a", "jobs": {"train": {"job_id": "1_0"}}},
-                    {"run_name": "b", "jobs": {"train": {"job_id": "1_1"}}}]
+    old["cells"] = [{"key": "a", "jobs": {"train": {"job_id": "1_0"}}},
+                    {"key": "b", "jobs": {"train": {"job_id": "1_1"}}}]
     mf.write_manifest(old)
     new = mf.new_submission(tmp_path, "slurm", ["seed=1"], str(tmp_path))
     new["created_ts"] = old["created_ts"] + 1
-    new["cells"] = [{"run_name": "b", "jobs": {"train": {"job_id": "5"}}}]
+    new["cells"] = [{"key": "b", "jobs": {"train": {"job_id": "5"}}}]
     path = mf.write_manifest(new)
     assert json.loads(path.read_text())["id"] == new["id"]
     assert [p.name for p in path.parent.iterdir()] == ["manifest.json"]  # no temp file left

@@ -1,4 +1,4 @@
-"""Reports: content of the tables, published comparison, plots, kernel pages, and byte-for-byte determinism."""
+"""Reports: the kernel and method-speed pages (the dataset pages are tested in test_report_runs.py)."""
 import json
 import shutil
 from pathlib import Path
@@ -6,41 +6,9 @@ from pathlib import Path
 import pytest
 
 from benchmark import report as rpt
-from benchmark import results as R
 
 REPO = Path(__file__).resolve().parent.parent
 PUBLISHED = REPO / "results" / "published"
-
-
-def record(run_id, *, method="dit", size="B", dataset="imagenet", image_size=256, iterations=400000,
-           created="2025-01-02T00:00:00Z", fid=27.10, metrics_extra=None, artifacts=None, num_samples=50000):
-    metrics = {"fid": fid, "inception_score": 70.0, "precision": 0.6, "recall": 0.5, "kid": 0.0123, "sfid": 5.5,
-               "fid_clean": 28.0}
-    metrics.update(metrics_extra or {})
-    return {
-        "schema": 1, "run_id": run_id, "method": method, "size": size, "patch_size": 2, "dataset": dataset,
-        "image_size": image_size, "iterations": iterations, "global_batch_size": 256, "seed": 0,
-        "sampler": "ddpm", "sampling_steps": 250, "cfg_scale": 1.5, "num_samples": num_samples, "autoencoder": "sd-ema",
-        "evaluation": {"feature_extractor": "torch-fidelity inception-v3-compat", "weights": "/w/pt_inception.pth",
-                       "weights_sha256": "abcdef0123456789" * 4, "reference": "ADM reference batch x.npz",
-                       "num_samples": num_samples},
-        "metrics": metrics, "training": {"final_loss": 0.15}, "artifacts": artifacts or {},
-        "wall_time_s": {"total": 10.0}, "hardware": {"device": "cuda", "name": "H100", "count": 8, "torch": "2.4"},
-        "git_commit": "0123456789abcdef", "created": created,
-    }
-
-
-def table_rows(markdown):
-    """Cells of the first markdown table's body rows."""
-    rows, started = [], False
-    for line in markdown.splitlines():
-        if line.startswith("|"):
-            if started and not line.startswith("|:") and not line.startswith("|-"):
-                rows.append([c.strip() for c in line.strip("|").split("|")])
-            started = True
-        elif started:
-            break
-    return rows
 
 
 @pytest.fixture
@@ -48,81 +16,6 @@ def results_dir(tmp_path):
     res = tmp_path / "results"
     shutil.copytree(PUBLISHED, res / "published")
     return res
-
-
-def test_published_table_renders_without_records(results_dir, tmp_path):
-    written = rpt.build_report(results_dir, tmp_path / "reports")
-    names = [p.name for p in written]
-    assert names == ["README.md", "imagenet-256.md"]
-    page = (tmp_path / "reports" / "imagenet-256.md").read_text()
-    assert "| Model " in page and "FID-50K" in page
-    for label, fid in [("DiT-S", "44.28"), ("Switch-DiT-XL", "8.76"), ("DTR-L", "8.90")]:
-        row = next(line for line in page.splitlines() if line.startswith(f"| {label} "))
-        assert f"(pub {fid})" in row
-    assert "2403.09176" in page
-    # paper order: sizes S, B, L, XL; within a size DiT, DTR, Switch-DiT
-    labels = [cells[0] for cells in table_rows(page)]
-    assert labels[:4] == ["DiT-S", "DTR-S", "Switch-DiT-S", "DiT-B"] and len(labels) == 12
-
-
-def test_measured_beside_published(results_dir, tmp_path):
-    R.write_record(record("dit-b"), results_dir)
-    rpt.build_report(results_dir, tmp_path / "reports")
-    page = (tmp_path / "reports" / "imagenet-256.md").read_text()
-    row = next(line for line in page.splitlines() if line.startswith("| DiT-B "))
-    assert "27.10 (pub 27.96, \u0394 \u22120.86)" in row  # 27.10 - 27.96
-    assert "70.00 (pub 64.72, \u0394 +5.28)" in row
-    assert "0.60 (pub 0.57, \u0394 +0.03)" in row
-    other = next(line for line in page.splitlines() if line.startswith("| DiT-S "))
-    assert "\u2014 (pub 44.28)" in other
-    assert "Protocol" in page and "samples: 50000" in page and "ddpm 250 steps" in page
-    assert "abcdef012345" in page and "cuda H100 x8" in page and "0123456789ab" in page
-    extra = page[page.index("## KID, sFID and clean-FID"):]
-    assert table_rows(extra)[0][:4] == ["DiT-B", "0.0123", "5.50", "28.00"]
-
-
-def test_latest_record_wins_and_history_is_plotted(results_dir, tmp_path):
-    R.write_record(record("early", iterations=100000, fid=60.0), results_dir)
-    R.write_record(record("late", iterations=400000, fid=30.0), results_dir)
-    R.write_record(record("late-rerun-older", iterations=400000, fid=31.0, created="2025-01-01T00:00:00Z"),
-                   results_dir)
-    written = rpt.build_report(results_dir, tmp_path / "reports")
-    page = (tmp_path / "reports" / "imagenet-256.md").read_text()
-    row = next(line for line in page.splitlines() if line.startswith("| DiT-B "))
-    assert row.split("|")[2].strip().startswith("30.00")
-    assert (tmp_path / "reports" / "imagenet-256-fid-vs-steps.png") in written
-    assert "imagenet-256-fid-vs-steps.png" in page
-    assert "`early`" in page and "`late-rerun-older`" in page  # listed as earlier records
-
-
-def test_unavailable_metric_and_small_dataset(results_dir, tmp_path):
-    rec = record("digits-dit", dataset="digits", image_size=8, size="debug", num_samples=500,
-                 metrics_extra={"inception_score": None, "inception_score_unavailable": "no classifier"})
-    R.write_record(rec, results_dir)
-    rpt.build_report(results_dir, tmp_path / "reports")
-    page = (tmp_path / "reports" / "digits-8.md").read_text()
-    row = next(line for line in page.splitlines() if line.startswith("| DiT-debug "))
-    assert "FID-500" in page and "27.10" in row and "pub" not in row and "n/a" in row
-    assert "inception_score unavailable \u2014 no classifier" in page
-    assert "[digits 8x8](digits-8.md)" in (tmp_path / "reports" / "README.md").read_text()
-
-
-def test_artifacts_linked_and_loss_plotted(results_dir, tmp_path):
-    src = tmp_path / "m.jsonl"
-    src.write_text("".join(json.dumps({"step": s, "loss": 1.0 / (s + 1)}) + "\n" for s in range(0, 50, 10)))
-    png = tmp_path / "g.png"
-    png.write_bytes(b"\x89PNG fake")
-    arts = {"metrics_log": R.copy_artifact(src, results_dir, "r1", "metrics.jsonl"),
-            "sample_grid": R.copy_artifact(png, results_dir, "r1", "sample_grid.png"),
-            "diagnostics": {"task_expert_map": R.copy_artifact(png, results_dir, "r1", "task_expert_map.png")}}
-    R.write_record(record("r1", method="switch_dit", artifacts=arts), results_dir)
-    reports = tmp_path / "reports"
-    written = rpt.build_report(results_dir, reports)
-    page = (reports / "imagenet-256.md").read_text()
-    assert "(../results/artifacts/r1/sample_grid.png)" in page
-    assert "[task_expert_map](../results/artifacts/r1/task_expert_map.png)" in page
-    assert reports / "imagenet-256-loss.png" in written
-    assert (reports / "imagenet-256-loss.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def kernel_json():
@@ -150,30 +43,6 @@ def test_kernels_and_methods_pages(results_dir, tmp_path):
     assert "3.5" in meth and "dit" in meth
     index = (tmp_path / "reports" / "README.md").read_text()
     assert "kernels.md" in index and "methods.md" in index
-
-
-def test_build_is_deterministic(results_dir, tmp_path):
-    src = tmp_path / "m.jsonl"
-    src.write_text("".join(json.dumps({"step": s, "loss": 2.0 / (s + 1)}) + "\n" for s in range(0, 100, 10)))
-    arts = {"metrics_log": R.copy_artifact(src, results_dir, "a", "metrics.jsonl")}
-    R.write_record(record("a", iterations=200000, fid=40.0, artifacts=arts), results_dir)
-    R.write_record(record("b", iterations=400000, fid=30.0), results_dir)
-    R.write_record(record("c", method="dtr", dataset="digits", image_size=8, size="debug"), results_dir)
-    (results_dir / "kernels").mkdir()
-    (results_dir / "kernels" / "k.json").write_text(json.dumps(kernel_json()))
-    one = rpt.build_report(results_dir, tmp_path / "r1")
-    two = rpt.build_report(results_dir, tmp_path / "r2")
-    assert [p.name for p in one] == [p.name for p in two]
-    assert any(p.suffix == ".png" for p in one)
-    for a, b in zip(one, two):
-        assert a.read_bytes() == b.read_bytes(), a.name
-
-
-def test_cell_text_format():
-    assert rpt.cell_text(27.10, 27.96, 2) == "27.10 (pub 27.96, \u0394 \u22120.86)"
-    assert rpt.cell_text(None, 27.96, 2) == "n/a (pub 27.96)"
-    assert rpt.cell_text(None, None, 2, has_record=False) == "\u2014"
-    assert rpt.cell_text(1.0, 1.0, 2) == "1.00 (pub 1.00, \u0394 \u00b10.00)"
 
 
 def test_kernel_page_says_which_kernel_version_was_measured():

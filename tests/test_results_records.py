@@ -1,66 +1,43 @@
-"""Result records: validation, atomic writing, loading, artifacts, helpers."""
+"""Result records (schema 2): identity-named files, validation, nothing replaced, refusal of edited records."""
 import json
 import math
-import os
-from pathlib import Path
 
 import pytest
 
 from benchmark import results as R
+from record_factory import make_record
 
 
-def make_record(run_id="dit-S-digits-seed0", **over):
-    rec = {
-        "schema": 1,
-        "run_id": run_id,
-        "method": "dit",
-        "size": "S",
-        "patch_size": 2,
-        "dataset": "digits",
-        "image_size": 8,
-        "iterations": 1000,
-        "global_batch_size": 64,
-        "seed": 0,
-        "sampler": "ddpm",
-        "sampling_steps": 250,
-        "cfg_scale": 1.5,
-        "num_samples": 500,
-        "autoencoder": None,
-        "evaluation": {
-            "feature_extractor": "inception-v3-compat",
-            "weights": "/x/w.pt",
-            "weights_sha256": "ab" * 32,
-            "reference": "digits-8",
-            "num_samples": 500,
-        },
-        "metrics": {
-            "fid": 12.5,
-            "inception_score": None,
-            "inception_score_unavailable": "no logits",
-            "precision": 0.5,
-            "recall": 0.4,
-        },
-        "training": {"final_loss": 0.1, "steps_per_sec": 3.0},
-        "artifacts": {"loss_curve": "artifacts/x/loss.png", "diagnostics": {"mask": "artifacts/x/m.png"}},
-        "wall_time_s": {"train": 1.0, "sample": 2.0, "evaluate": 3.0, "total": 6.0},
-        "hardware": {"device": "cpu", "name": "x", "count": 1, "torch": "2"},
-        "git_commit": "abc",
-        "created": "2025-01-01T00:00:00Z",
-    }
-    rec.update(over)
-    return rec
+def test_write_and_read_back_under_the_identity_name(tmp_path):
+    rec = make_record("method=dit")
+    path = R.write_record(rec, tmp_path)
+    assert path == tmp_path / "runs" / rec["run_id"] / f"{rec['eval_id']}.json"
+    assert rec["run_id"].startswith("dit-debug-p2-digits8-s0-") and rec["run_id"].endswith(rec["identity"]["train_hash"])
+    assert rec["eval_id"].startswith("0001500-ddim50-cfg1.5-n300-")
+    assert json.loads(path.read_text()) == rec
+    other = make_record("method=dit", "train.iterations=60", "sample.num_samples=64")
+    R.write_record(other, tmp_path)
+    loaded = R.load_records(tmp_path)
+    assert {(r["run_id"], r["eval_id"]) for r in loaded} == {(rec["run_id"], rec["eval_id"]),
+                                                              (other["run_id"], other["eval_id"])}
+    assert rec["run_id"] != other["run_id"]
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temporary files left
 
 
-def test_write_and_load_roundtrip(tmp_path):
+def test_a_record_is_never_replaced(tmp_path):
     rec = make_record()
     path = R.write_record(rec, tmp_path)
-    assert path == tmp_path / "runs" / "dit-S-digits-seed0.json"
-    assert json.loads(path.read_text()) == rec
-    R.write_record(make_record("a-first"), tmp_path)
-    loaded = R.load_records(tmp_path)
-    assert [r["run_id"] for r in loaded] == ["a-first", "dit-S-digits-seed0"]
-    # no temporary files left behind by the atomic write
-    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["a-first.json", "dit-S-digits-seed0.json"]
+    again = dict(rec, metrics={**rec["metrics"], "fid": 1.0})
+    with pytest.raises(R.RecordExists, match="overwrite=true"):
+        R.write_record(again, tmp_path)
+    assert json.loads(path.read_text())["metrics"]["fid"] == rec["metrics"]["fid"]
+
+
+def test_derived_fields_come_from_the_identity():
+    rec = make_record("method=switch_dit", "seed=3", "sample.steps=20", "train.iterations=40")
+    assert (rec["method"], rec["size"], rec["seed"], rec["sampling_steps"], rec["iterations"]) == \
+        ("switch_dit", "debug", 3, 20, 40)
+    assert rec["identity"]["train"]["method"]["name"] == "switch_dit"
 
 
 def test_load_records_empty_dir(tmp_path):
@@ -73,7 +50,7 @@ def test_nan_metric_is_refused(tmp_path, bad):
     rec["metrics"]["fid"] = bad
     with pytest.raises(ValueError, match="metrics.fid"):
         R.write_record(rec, tmp_path)
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
 
 
 def test_missing_field_named(tmp_path):
@@ -85,14 +62,13 @@ def test_missing_field_named(tmp_path):
 
 def test_wrong_type_named(tmp_path):
     with pytest.raises(ValueError, match="iterations"):
-        R.write_record(make_record(iterations="10"), tmp_path)
+        R.write_record(dict(make_record(), iterations="10"), tmp_path)
     with pytest.raises(ValueError, match="iterations"):
-        R.write_record(make_record(iterations=True), tmp_path)
+        R.write_record(dict(make_record(), iterations=True), tmp_path)
 
 
 def test_null_metric_needs_reason(tmp_path):
-    rec = make_record()
-    del rec["metrics"]["inception_score_unavailable"]
+    rec = make_record(metrics_extra={"inception_score": None})
     with pytest.raises(ValueError, match="inception_score_unavailable"):
         R.write_record(rec, tmp_path)
 
@@ -107,7 +83,7 @@ def test_evaluation_provenance_required(tmp_path):
 @pytest.mark.parametrize("run_id", ["../evil", "a/b", "", ".hidden", "x" * 201])
 def test_bad_run_id(tmp_path, run_id):
     with pytest.raises(ValueError, match="run_id"):
-        R.write_record(make_record(run_id=run_id), tmp_path)
+        R.write_record(dict(make_record(), run_id=run_id), tmp_path)
 
 
 def test_absolute_artifact_path_refused(tmp_path):
@@ -116,39 +92,47 @@ def test_absolute_artifact_path_refused(tmp_path):
         R.write_record(rec, tmp_path)
 
 
-def test_load_records_names_corrupt_file(tmp_path):
-    (tmp_path / "runs").mkdir()
-    (tmp_path / "runs" / "broken.json").write_text("{not json")
-    with pytest.raises(ValueError, match="broken.json"):
+@pytest.mark.parametrize("edit, message", [
+    (lambda r: r.update(iterations=400000), "disagrees with its identity"),                    # a plain field
+    (lambda r: r["identity"]["train"]["train"].update(lr=0.5), "training hash .* does not match"),
+    (lambda r: r["identity"]["eval"].update(num_fid_samples=50000), "evaluation hash .* does not match"),
+    (lambda r: r.update(schema=1), "schema 1 is not supported"),
+])
+def test_hand_edited_records_are_refused_naming_the_file(tmp_path, edit, message):
+    rec = make_record()
+    path = R.write_record(rec, tmp_path)
+    edited = json.loads(path.read_text())
+    edit(edited)
+    path.write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match=f"{path.name} refused: .*{message}"):
+        R.load_records(tmp_path)
+    records, refused = R.scan_records(tmp_path)
+    assert records == [] and len(refused) == 1 and str(path) in refused[0]
+
+
+def test_a_record_under_another_name_is_refused(tmp_path):
+    rec = make_record()
+    path = R.write_record(rec, tmp_path)
+    moved = path.with_name("0001500-ddim50-cfg1.5-n300-0000000000.json")
+    path.rename(moved)
+    with pytest.raises(ValueError, match="its name is not its identity's"):
         R.load_records(tmp_path)
 
 
-def test_overwrite_is_atomic_replace(tmp_path):
-    R.write_record(make_record(), tmp_path)
-    rec = make_record()
-    rec["metrics"]["fid"] = 1.0
-    p = R.write_record(rec, tmp_path)
-    assert json.loads(p.read_text())["metrics"]["fid"] == 1.0
+def test_load_records_names_corrupt_file(tmp_path):
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    (tmp_path / "runs" / "r" / "broken.json").write_text("{not json")
+    with pytest.raises(ValueError, match="broken.json"):
+        R.load_records(tmp_path)
 
 
 def test_copy_artifact(tmp_path):
     src = tmp_path / "src.jsonl"
     src.write_text('{"step": 1}\n')
-    rel = R.copy_artifact(src, tmp_path / "res", "run1", "metrics.jsonl")
-    assert rel == "artifacts/run1/metrics.jsonl"
+    rel = R.copy_artifact(src, tmp_path / "res", "run1", "metrics.jsonl", eval_id="e1")
+    assert rel == "artifacts/run1/e1/metrics.jsonl"
     assert (tmp_path / "res" / rel).read_text() == '{"step": 1}\n'
     with pytest.raises(ValueError, match="name"):
         R.copy_artifact(src, tmp_path / "res", "run1", "../x")
     with pytest.raises(ValueError, match="not a file"):
         R.copy_artifact(tmp_path / "nope", tmp_path / "res", "run1", "x")
-
-
-def test_new_record_and_helpers(tmp_path):
-    rec = R.new_record(run_id="r")
-    assert rec["schema"] == R.SCHEMA_VERSION and rec["created"].endswith("Z")
-    hw = R.hardware_info("cpu")
-    assert hw["device"] == "cpu" and hw["count"] == 1 and "torch" in hw
-    # not a git repo -> None
-    assert R.git_commit(tmp_path) is None
-    head = R.git_commit()
-    assert head is None or len(head.split("-")[0]) == 40

@@ -81,8 +81,9 @@ def test_default_run_compares_every_method_and_reports_them(tmp_path):
               "eval.reference_max_images=16", "eval.metrics=[fid,precision_recall]", *paths(tmp_path),
               cwd=tmp_path, timeout=900)
     assert out.returncode == 0, out.stderr[-3000:]
-    records = sorted((tmp_path / "results" / "runs").glob("*.json"))
-    assert [p.stem for p in records] == [f"{m}-debug-p2-digits8-s0" for m in ("dit", "dtr", "switch_dit")]
+    records = sorted((tmp_path / "results" / "runs").glob("*/*.json"))
+    assert [p.parent.name.rsplit("-", 1)[0] for p in records] == [f"{m}-debug-p2-digits8-s0"
+                                                                   for m in ("dit", "dtr", "switch_dit")]
     for path in records:
         rec = json.loads(path.read_text())
         assert rec["num_samples"] == 8 and rec["iterations"] == 3 and rec["dataset"] == "digits"
@@ -115,9 +116,9 @@ def test_a_failed_evaluation_writes_no_record(tmp_path):
     assert not list((tmp_path / "results").rglob("*.json"))
 
 
-def test_samples_of_another_checkpoint_or_settings_are_drawn_again(tmp_path):
-    """Resuming reuses finished batches only when they come from the same checkpoint and settings:
-    after a retrain (new weights at the same path) the old samples must not stand in for new ones."""
+def test_samples_of_another_checkpoint_or_settings_are_refused_unless_overwritten(tmp_path):
+    """A folder's finished samples stand for new ones only when drawn from the same checkpoint and
+    settings; otherwise they are neither reused nor deleted: refused, or moved aside with overwrite=true."""
     ckpt = _published_style_checkpoint(tmp_path)
     args = ["sample", f"sample.ckpt={ckpt}", "sample.num_samples=4", "sample.steps=3",
             "sample.per_proc_batch_size=4", "sample.sampler=ddpm", *paths(tmp_path)]
@@ -131,12 +132,32 @@ def test_samples_of_another_checkpoint_or_settings_are_drawn_again(tmp_path):
         torch.nn.init.normal_(p, std=0.05)
     torch.save(other.state_dict(), ckpt)
     out = cli(*args, f"sample.out={tmp_path}/s", cwd=tmp_path)
-    assert out.returncode == 0 and "drawing them again" in out.stderr, out.stderr[-2000:]
+    lines = [ln for ln in out.stderr.strip().splitlines() if ln.strip()]
+    assert out.returncode == 2 and len(lines) == 1 and "overwrite=true" in lines[0], out.stderr[-2000:]
+    assert {p.name: p.read_bytes() for p in (tmp_path / "s").glob("*.png")} == first     # nothing lost
+
+    out = cli(*args, f"sample.out={tmp_path}/s", "overwrite=true", cwd=tmp_path)
+    assert out.returncode == 0 and "moved" in out.stdout, out.stderr[-2000:]
     assert cli(*args, f"sample.out={tmp_path}/fresh", cwd=tmp_path).returncode == 0
     redrawn = {p.name: p.read_bytes() for p in (tmp_path / "s").glob("*.png")}
     fresh = {p.name: p.read_bytes() for p in (tmp_path / "fresh").glob("*.png")}
     assert redrawn == fresh and redrawn != first
+    (aside,) = (tmp_path / ".replaced").glob("*/s")
+    assert {p.name: p.read_bytes() for p in aside.glob("*.png")} == first
 
-    # Other settings (here the number of steps) also redraw.
-    out = cli(*[a if a != "sample.steps=3" else "sample.steps=2" for a in args], f"sample.out={tmp_path}/s", cwd=tmp_path)
-    assert out.returncode == 0 and "drawing them again" in out.stderr
+
+def test_sampling_another_runs_checkpoint_writes_into_that_run_only(tmp_path):
+    from benchmark import cell
+    from benchmark.config import compose
+    from benchmark.sample import sample
+    from benchmark.train import train
+
+    tiny = [*paths(tmp_path), "train.iterations=2", "train.global_batch_size=8", "train.progress=false",
+            "sample.num_samples=4", "sample.per_proc_batch_size=4", "sample.steps=2"]
+    seed7 = train(compose([*tiny, "seed=7"]))
+    mine = compose([*tiny, "seed=0"])
+    train(mine)
+    before = sorted(p.relative_to(tmp_path) for p in cell.run_dir(mine).rglob("*"))
+    result = sample(compose([*tiny, "seed=0", f"sample.ckpt={seed7.checkpoint}"]))
+    assert result.folder.parent == seed7.run_dir / "samples" and len(list(result.folder.glob("*.png"))) == 4
+    assert sorted(p.relative_to(tmp_path) for p in cell.run_dir(mine).rglob("*")) == before

@@ -121,10 +121,10 @@ def test_cancelled_cell_resubmitted_lands_every_record_exactly_once(tmp_path, re
     assert [p.name for p in (paused.parent / "checkpoints").glob("*.pt")] == ["0000025.pt"]
     (paused.parent / "PAUSE").unlink()
 
-    by_name = {s.run_name: s for s in grid_statuses(args)[0]}
-    others = [c["run_name"] for c in first["cells"] if c is not victim]
-    assert all(by_name[name].state == "done" for name in others), by_name
-    cancelled = by_name[victim["run_name"]]
+    by_key = {s.key: s for s in grid_statuses(args)[0]}
+    others = [c["key"] for c in first["cells"] if c is not victim]
+    assert all(by_key[key].state == "done" for key in others), by_key
+    cancelled = by_key[victim["key"]]
     assert (cancelled.state, cancelled.stage, cancelled.detail) == ("failed", "train", "CANCELLED")
     assert Path(cancelled.log).is_file()
     capsys.readouterr()
@@ -133,24 +133,24 @@ def test_cancelled_cell_resubmitted_lands_every_record_exactly_once(tmp_path, re
     assert "3 cells: 2 done, 1 failed" in table and cancelled.log in table
 
     records = tmp_path / "results" / "runs"
-    before = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in records.glob("*.json")}
-    assert sorted(before) == sorted(f"{name}.json" for name in others)
+    before = {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in records.glob("*/*.json")}
+    assert sorted(before) == sorted(c["record"] for c in first["cells"] if c is not victim)
 
     assert cli.main(["submit", *args]) == 0
     out = capsys.readouterr().out
     assert out.count(": finished (") == 2
     second = load_manifests(tmp_path / "runs")[-1]
-    assert second["id"] != first["id"] and [c["run_name"] for c in second["cells"]] == [victim["run_name"]]
+    assert second["id"] != first["id"] and [c["key"] for c in second["cells"]] == [victim["key"]]
     assert set(wait_finished(job_ids(second), 900).values()) == {"COMPLETED"}
 
-    after = {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in records.glob("*.json")}
-    assert sorted(after) == sorted(f"{c['run_name']}.json" for c in first["cells"])   # nothing lost
+    after = {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in records.glob("*/*.json")}
+    assert sorted(after) == sorted(c["record"] for c in first["cells"])                 # nothing lost
     assert all(after[name] == before[name] for name in before)                          # nothing rewritten
     assert not [p for p in (tmp_path / "results").rglob("*") if p.name.endswith(".tmp")]
     for cell in first["cells"]:
-        record = json.loads((records / f"{cell['run_name']}.json").read_text())
-        assert record["run_id"] == cell["run_name"] and record["metrics"]["fid"] is not None
-        samples = Path(cell["run_dir"]) / "samples"
+        record = json.loads(Path(cell["record"]).read_text())
+        assert record["run_id"] == cell["run_id"] and record["metrics"]["fid"] is not None
+        (samples,) = (Path(cell["run_dir"]) / "samples").iterdir()
         assert sorted(p.name for p in samples.glob("*.png")) == [f"{i:06d}.png" for i in range(8)]
         assert np.load(samples / "samples.npz")["arr_0"].shape == (8, 8, 8, 3)
     resumed = [a for a in read_attempts(Path(victim["run_dir"]), "train") if a["outcome"] == "completed"]

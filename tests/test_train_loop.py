@@ -28,6 +28,13 @@ def train_cfg(tmp: Path, *extra: str):
     return train(compose(tiny(tmp, *extra)))
 
 
+def run_dir(tmp: Path, *extra: str) -> Path:
+    """The identity-named folder a config trains into."""
+    from benchmark import cell
+
+    return cell.run_dir(compose(tiny(tmp, *extra)))
+
+
 def _states(path: Path) -> dict:
     payload = torch.load(path, map_location="cpu", weights_only=True)
     return {"model": payload["model"], "ema": payload["ema"], "step": payload["step"]}
@@ -37,16 +44,18 @@ def _states(path: Path) -> dict:
 def test_resume_equals_uninterrupted(tmp_path, method):
     n = 3
     straight = train_cfg(tmp_path, f"method={method}", "run_name=straight", f"train.iterations={2 * n}")
-    train_cfg(tmp_path, f"method={method}", "run_name=split", f"train.iterations={n}")
+    first = train_cfg(tmp_path, f"method={method}", "run_name=split", f"train.iterations={n}")
+    # Another number of iterations is another run; it may continue one of the same protocol.
     resumed = train_cfg(tmp_path, f"method={method}", "run_name=split", f"train.iterations={2 * n}",
-                        "train.resume=latest")
+                        f"train.resume={first.checkpoint}")
+    assert resumed.run_dir != first.run_dir and resumed.resumed_from == first.checkpoint
     a, b = _states(straight.checkpoint), _states(resumed.checkpoint)
     assert a["step"] == b["step"] == 2 * n
     for part in ("model", "ema"):
         for key in a[part]:
             torch.testing.assert_close(a[part][key], b[part][key], rtol=0, atol=1e-6, msg=f"{part}.{key}")
     # and it did train: weights moved away from the step-n checkpoint
-    mid = _states(ckpt_io.checkpoint_path(tmp_path / "runs" / "split", n))
+    mid = _states(ckpt_io.checkpoint_path(first.run_dir, n))
     assert any(not torch.equal(mid["model"][k], b["model"][k]) for k in b["model"])
 
 
@@ -104,7 +113,8 @@ def test_ddp_two_gloo_ranks_agree_and_loss_falls(tmp_path):
     assert w0.keys() == w1.keys()
     for key in w0:
         torch.testing.assert_close(w0[key], w1[key], rtol=0, atol=0, msg=key)
-    rows = [json.loads(line) for line in (tmp_path / "runs" / "ddp" / "metrics.jsonl").read_text().splitlines()]
+    folder = run_dir(tmp_path, "run_name=ddp", "train.iterations=40", "train.log_every=5", "train.lr=2e-3")
+    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
     first, last = rows[0]["loss"], rows[-1]["loss"]
     assert last < first, (first, last)
 
@@ -136,21 +146,21 @@ def _release_when_paused(run_dir: Path, seen: dict, forbidden: Path, finished: t
 
 
 def test_pause_file_holds_training_at_a_checkpoint_and_changes_nothing(tmp_path):
-    run_dir = tmp_path / "runs" / "held"
-    run_dir.mkdir(parents=True)
-    (run_dir / "PAUSE").touch()
+    folder = run_dir(tmp_path, "run_name=held", "train.iterations=6", "train.ckpt_every=2")
+    folder.mkdir(parents=True)
+    (folder / "PAUSE").touch()
     seen: dict = {}
     finished = threading.Event()
-    watcher = _release_when_paused(run_dir, seen, ckpt_io.checkpoint_path(run_dir, 4), finished)
+    watcher = _release_when_paused(folder, seen, ckpt_io.checkpoint_path(folder, 4), finished)
     try:
         held = train_cfg(tmp_path, "run_name=held", "train.iterations=6", "train.ckpt_every=2")
     finally:
         finished.set()
         watcher.join()
     assert "error" not in seen, seen
-    assert seen["marker"]["step"] == 2 and seen["marker"]["checkpoint"] == str(ckpt_io.checkpoint_path(run_dir, 2))
+    assert seen["marker"]["step"] == 2 and seen["marker"]["checkpoint"] == str(ckpt_io.checkpoint_path(folder, 2))
     assert seen["next_checkpoint_while_paused"] is False
-    assert not (run_dir / "PAUSED").exists() and not (run_dir / "PAUSE").exists()
+    assert not (folder / "PAUSED").exists() and not (folder / "PAUSE").exists()
     straight = train_cfg(tmp_path, "run_name=straight", "train.iterations=6", "train.ckpt_every=2")
     a, b = _states(held.checkpoint), _states(straight.checkpoint)
     for part in ("model", "ema"):
@@ -161,14 +171,14 @@ def test_pause_file_holds_training_at_a_checkpoint_and_changes_nothing(tmp_path)
 def test_a_stop_request_ends_a_pause_and_the_final_step_never_pauses(tmp_path):
     from benchmark import pause
 
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    assert pause.hold_if_paused(run_dir, 3, run_dir / "c.pt", stop_requested=lambda: True) is False
-    (run_dir / "PAUSE").touch()
-    assert pause.hold_if_paused(run_dir, 3, run_dir / "c.pt", stop_requested=lambda: True) is True
-    assert not (run_dir / "PAUSED").exists()
+    folder = tmp_path / "run"
+    folder.mkdir()
+    assert pause.hold_if_paused(folder, 3, folder / "c.pt", stop_requested=lambda: True) is False
+    (folder / "PAUSE").touch()
+    assert pause.hold_if_paused(folder, 3, folder / "c.pt", stop_requested=lambda: True) is True
+    assert not (folder / "PAUSED").exists()
     # A PAUSE file present throughout: training still ends, since the last step does not pause.
-    done = tmp_path / "runs" / "last"
+    done = run_dir(tmp_path, "run_name=last", "train.iterations=2", "train.ckpt_every=5")
     done.mkdir(parents=True)
     (done / "PAUSE").touch()
     result = train_cfg(tmp_path, "run_name=last", "train.iterations=2", "train.ckpt_every=5")
@@ -189,12 +199,12 @@ def _ddp_pause_worker(rank: int, world: int, port: int, tmp: str, out: str):
 def test_ddp_ranks_pause_and_leave_together(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    run_dir = tmp_path / "runs" / "ddp_pause"
-    run_dir.mkdir(parents=True)
-    (run_dir / "PAUSE").touch()
+    folder = run_dir(tmp_path, "run_name=ddp_pause", "train.iterations=6", "train.ckpt_every=2")
+    folder.mkdir(parents=True)
+    (folder / "PAUSE").touch()
     seen: dict = {}
     finished = threading.Event()
-    watcher = _release_when_paused(run_dir, seen, ckpt_io.checkpoint_path(run_dir, 4), finished)
+    watcher = _release_when_paused(folder, seen, ckpt_io.checkpoint_path(folder, 4), finished)
     try:
         mp.spawn(_ddp_pause_worker, args=(2, _free_port(), str(tmp_path), str(out)), nprocs=2, join=True)
     finally:

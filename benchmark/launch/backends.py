@@ -27,8 +27,8 @@ log = logging.getLogger(__name__)
 
 
 def _cell_entry(cell: Cell) -> dict:
-    return {"run_name": cell.run_name, "label": cell.label(), "record": str(cell.record),
-            "run_dir": str(cell.run_dir), "jobs": {}}
+    return {"key": cell.key, "run_id": cell.run_id, "eval_id": cell.ident.eval_id, "label": cell.label(),
+            "record": str(cell.record), "run_dir": str(cell.run_dir), "jobs": {}}
 
 
 class SlurmBackend:
@@ -106,7 +106,7 @@ class LocalBackend:
             entry = _cell_entry(cell)
             manifest["cells"].append(entry)
             for stage in stages:
-                log_path = logs / f"{cell.run_name}.{stage}.log"
+                log_path = logs / f"{cell.run_id}.{cell.ident.eval_hash}.{stage}.log"
                 job = {"job_id": f"local-{manifest['id']}-{index}", "stdout": str(log_path),
                        "stderr": str(log_path), "state": "RUNNING"}
                 entry["jobs"][stage] = job
@@ -116,7 +116,7 @@ class LocalBackend:
                 write_manifest(manifest)
                 if not ok:
                     failed += 1
-                    print(f"cell {cell.run_name} failed at {stage}; log: {log_path}")
+                    print(f"cell {cell.key} failed at {stage}; log: {log_path}")
                     break
             if failed and not keep_going:
                 break

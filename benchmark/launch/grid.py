@@ -3,8 +3,8 @@
 ``method=dit,dtr size=S,B seed=0,1`` expands (Hydra's sweep syntax, in Hydra's order)
 into eight cells. Every cell is composed and validated before anything is queued, so
 a cell with a missing data path or a bad value refuses the whole submission in one
-line. Two cells that would write the same run folder (a swept key that is not part of
-``run_name``) are refused too: they would overwrite each other's checkpoints.
+line. Each cell carries its identity (benchmark.identity): two cells of one identity, or
+two that would train the same run at once, are refused too.
 """
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.config import ConfigError, compose, expand_sweep
+from benchmark.identity import CellIdentity, cell_identity
+from benchmark.results import record_path
 
 # Short names accepted on the submit/status command line, beside the CLI's own aliases.
 LAUNCH_ALIASES = {
@@ -33,14 +35,20 @@ PATH_KEYS = ("paths.runs", "paths.results", "paths.reports", "paths.cache")
 
 @dataclass(frozen=True)
 class Cell:
-    """One grid point: its overrides and the composed, resolved config a job runs with."""
+    """One grid point: its overrides, the composed config a job runs with, and its identity."""
 
     overrides: tuple[str, ...]
     config: dict
+    ident: CellIdentity
 
     @property
-    def run_name(self) -> str:
-        return self.config["run_name"]
+    def run_id(self) -> str:
+        return self.ident.run_id
+
+    @property
+    def key(self) -> str:
+        """``<run id>/<eval id>``: what status, manifests and submissions call the cell."""
+        return f"{self.ident.run_id}/{self.ident.eval_id}"
 
     @property
     def cfg(self) -> DictConfig:
@@ -48,21 +56,19 @@ class Cell:
 
     @property
     def record(self) -> Path:
-        from benchmark.results import record_path
-
-        return record_path(self.config["paths"]["results"], self.run_name)
+        return record_path(self.config["paths"]["results"], self.ident.run_id, self.ident.eval_id)
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.config["paths"]["runs"]) / self.run_name
+        return Path(self.config["paths"]["runs"]) / self.ident.run_id
 
     def is_done(self) -> bool:
-        """A cell is finished once its result record exists."""
+        """A cell is finished once the record of its identity exists (not one of other settings)."""
         return self.record.is_file()
 
     def label(self) -> str:
-        """The swept part of the overrides, for tables (falls back to the run name)."""
-        return " ".join(self.overrides) or self.run_name
+        """The swept part of the overrides, for tables (falls back to the cell's key)."""
+        return " ".join(self.overrides) or self.key
 
 
 def expand_aliases(args: list[str]) -> list[str]:
@@ -115,22 +121,27 @@ def build_grid(args: list[str], cwd: str | os.PathLike | None = None) -> list[Ce
         config = OmegaConf.to_container(cfg, resolve=True)
         _absolute_paths(config, cwd)
         shown = tuple(cell_overrides[i] for i in swept)
-        cells.append(Cell(overrides=shown, config=config))
+        cells.append(Cell(overrides=shown, config=config, ident=cell_identity(config)))
     _refuse_swept_launcher(cells)
     _refuse_collisions(cells)
     return cells
 
 
 def _refuse_collisions(cells: list[Cell]) -> None:
+    """Two cells of one identity would be one result; two cells of one training run would train it twice."""
     seen: dict[str, Cell] = {}
+    runs: dict[str, Cell] = {}
     for cell in cells:
-        key = str(cell.run_dir)
-        if key in seen:
+        if cell.key in seen:
             raise ConfigError(
-                f"cells '{seen[key].label()}' and '{cell.label()}' share the run folder {key}; "
-                "put the swept key into run_name (e.g. run_name='${method.name}-${size.name}-lr${train.lr}')"
-            )
-        seen[key] = cell
+                f"cells '{seen[cell.key].label()}' and '{cell.label()}' are the same cell {cell.key}: what they "
+                "differ in cannot change a result (see benchmark.identity.NOT_IDENTITY); sweep something else")
+        if cell.run_id in runs:
+            raise ConfigError(
+                f"cells '{runs[cell.run_id].label()}' and '{cell.label()}' share the training run {cell.run_id} and "
+                "differ only in how it is sampled or evaluated; submit those settings one after the other "
+                "(the second submission reuses the trained run)")
+        seen[cell.key] = runs[cell.run_id] = cell
 
 
 def _refuse_swept_launcher(cells: list[Cell]) -> None:

@@ -4,7 +4,7 @@ One JSON file per submission, ``<paths.runs>/.submissions/<id>/manifest.json``, 
 atomically (temp file + rename) so ``status`` never reads half a file. Layout::
 
     {"id", "created", "launcher", "cwd", "args", "host", "pid", "logs",
-     "cells": [{"run_name", "label", "record", "run_dir",
+     "cells": [{"key" (<run id>/<eval id>), "run_id", "eval_id", "label", "record", "run_dir",
                 "jobs": {"train": {"job_id", "stdout", "stderr", "state"?}, "sample": ..., "evaluate": ...}}]}
 
 ``state`` is stored only by the local launcher (it knows the outcome itself); SLURM
@@ -70,9 +70,9 @@ def load_manifests(runs_dir: str | os.PathLike) -> list[dict]:
 
 
 def latest_entries(runs_dir: str | os.PathLike) -> dict[str, tuple[dict, dict]]:
-    """run_name -> (manifest, cell entry) of the newest submission that included the cell."""
+    """cell key -> (manifest, cell entry) of the newest submission that included the cell."""
     latest: dict[str, tuple[dict, dict]] = {}
     for manifest in load_manifests(runs_dir):
         for cell in manifest["cells"]:
-            latest[cell["run_name"]] = (manifest, cell)
+            latest[cell["key"]] = (manifest, cell)
     return latest

@@ -22,7 +22,6 @@ import signal
 import socket
 import time
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Callable
 
 import submitit
@@ -50,14 +49,16 @@ def _job_id() -> str | None:
     return env.get("SLURM_JOB_ID") or env.get("SUBMITIT_LOCAL_JOB_ID")
 
 
-def attempts_path(run_dir: Path, stage: str) -> Path:
-    return Path(run_dir) / ".launch" / f"{stage}.jsonl"
+def attempts_path(run_dir: Path, stage: str, eval_id: str | None = None) -> Path:
+    """Training attempts belong to the run; sampling and evaluation attempts to one evaluation."""
+    folder = Path(run_dir) / ".launch"
+    return (folder / eval_id if eval_id and stage != "train" else folder) / f"{stage}.jsonl"
 
 
-def _log_attempt(run_dir: Path, stage: str, outcome: str, started: float, **extra) -> None:
+def _log_attempt(run_dir: Path, stage: str, eval_id: str, outcome: str, started: float, **extra) -> None:
     if _rank() != 0:
         return
-    path = attempts_path(run_dir, stage)
+    path = attempts_path(run_dir, stage, eval_id)
     path.parent.mkdir(parents=True, exist_ok=True)
     row = {"stage": stage, "outcome": outcome, "wall_s": time.time() - started, "started": started,
            "host": socket.gethostname(), "job_id": _job_id(), **extra}
@@ -65,8 +66,8 @@ def _log_attempt(run_dir: Path, stage: str, outcome: str, started: float, **extr
         fh.write(json.dumps(row, sort_keys=True, default=str) + "\n")
 
 
-def read_attempts(run_dir: Path, stage: str) -> list[dict]:
-    path = attempts_path(run_dir, stage)
+def read_attempts(run_dir: Path, stage: str, eval_id: str | None = None) -> list[dict]:
+    path = attempts_path(run_dir, stage, eval_id)
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -84,14 +85,9 @@ def _with(cfg: DictConfig, **dotted) -> DictConfig:
 # Stage bodies: DictConfig in, a small JSON-able summary out.
 
 def run_train(cfg: DictConfig) -> dict:
-    from benchmark import checkpoint as ckpt_io
-    from benchmark.train import run_dir_of, train
+    from benchmark.train import train
 
-    run_dir = run_dir_of(cfg)
-    resumed_from = ckpt_io.latest_checkpoint(run_dir)
-    if resumed_from is not None:
-        # A requeued or resubmitted cell continues where its last attempt saved.
-        cfg = _with(cfg, **{"train.resume": "latest"})
+    # A requeued or resubmitted cell continues where its last attempt saved (train's default).
     preempt.defer(preempt_signal())
     try:
         result = train(cfg)
@@ -102,7 +98,7 @@ def run_train(cfg: DictConfig) -> dict:
     summary = {"checkpoint": str(result.checkpoint), "step": int(result.step),
                "final_loss": result.final_loss, "steps_per_sec": result.steps_per_sec,
                "num_parameters": int(result.num_parameters), "wall_s": result.wall_time_s,
-               "resumed_from": str(resumed_from) if resumed_from else None}
+               "resumed_from": str(result.resumed_from) if result.resumed_from else None}
     return summary
 
 
@@ -113,35 +109,25 @@ def run_sample(cfg: DictConfig) -> dict:
     return {"folder": str(result.folder), "npz": str(result.npz), "num_samples": result.num_samples}
 
 
-def _stage_wall(run_dir: Path, stage: str) -> float | None:
-    rows = read_attempts(run_dir, stage)
+def _stage_wall(run_dir: Path, stage: str, eval_id: str | None = None) -> float | None:
+    rows = read_attempts(run_dir, stage, eval_id)
     return sum(float(r["wall_s"]) for r in rows) if rows else None
 
 
 def run_evaluate(cfg: DictConfig) -> dict:
+    from benchmark import cell, identity
     from benchmark.distributed import init_distributed
-    from benchmark.results import record_path
     from benchmark.run import record_run
-    from benchmark.train import run_dir_of
 
-    path = record_path(cfg.paths.results, cfg.run_name)
+    path = cell.record_of(cfg)
     if path.is_file():
         return {"record": str(path), "written": False}
     info = init_distributed()
     if not info.is_main:
         return {"record": str(path), "written": False}
-    run_dir = run_dir_of(cfg)
-    trained = [r for r in read_attempts(run_dir, "train") if r["outcome"] == "completed"]
-    train_result = None
-    if trained:
-        # A resubmission that found training finished took no step: its loss and speed are None,
-        # so they come from the attempt that ran the last steps.
-        ran = next((r for r in reversed(trained) if r.get("final_loss") is not None), trained[-1])
-        train_result = SimpleNamespace(checkpoint=Path(trained[-1]["checkpoint"]), final_loss=ran.get("final_loss"),
-                                       steps_per_sec=ran.get("steps_per_sec"),
-                                       num_parameters=trained[-1].get("num_parameters"))
-    wall = {stage: w for stage in ("train", "sample") if (w := _stage_wall(run_dir, stage)) is not None}
-    written = record_run(cfg, train_result=train_result, wall=wall)
+    ident = identity.cell_identity(cfg)
+    wall = {"sample": _stage_wall(cell.owner_dir(cfg, ident), "sample", ident.eval_id)}
+    written = record_run(cfg, wall=wall)
     return {"record": str(written), "written": True}
 
 
@@ -177,10 +163,13 @@ class StageJob(submitit.helpers.Checkpointable):
         return self.config["run_name"]
 
     def __call__(self) -> dict:
+        from benchmark import cell, identity
+
         os.chdir(self.cwd)
         _match_threads_to_allocation()
         cfg = OmegaConf.create(self.config)
-        run_dir = Path(self.config["paths"]["runs"]) / self.run_name
+        ident = identity.cell_identity(cfg)
+        run_dir = cell.run_dir(cfg) if self.stage == "train" else cell.owner_dir(cfg, ident)
         started = time.time()
         outcome, extra = "failed", {}
         try:
@@ -195,7 +184,7 @@ class StageJob(submitit.helpers.Checkpointable):
                 extra = {"checkpoint": str(latest_checkpoint(run_dir))}
             raise
         finally:
-            _log_attempt(run_dir, self.stage, outcome, started,
+            _log_attempt(run_dir, self.stage, ident.eval_id, outcome, started,
                          **{k: v for k, v in extra.items() if k != "wall_s"})
 
     def checkpoint(self, *args, **kwargs) -> submitit.helpers.DelayedSubmission:

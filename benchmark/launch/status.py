@@ -27,7 +27,7 @@ from benchmark.launch.stages import STAGE_ORDER
 
 @dataclass(frozen=True)
 class CellStatus:
-    run_name: str
+    key: str              # <run id>/<eval id>
     label: str
     state: str            # done | failed | running | pending | unknown | not submitted
     stage: str = ""
@@ -43,14 +43,15 @@ def _local_state(job: Mapping, manifest: Mapping) -> str:
     return state
 
 
-def derive(run_name: str, label: str, entry: tuple[dict, dict] | None, states: Mapping[str, str],
+def derive(key: str, label: str, entry: tuple[dict, dict] | None, states: Mapping[str, str],
            record_exists: bool) -> CellStatus:
-    """The status of one cell from its record, manifest entry and job states (pure)."""
-    if record_exists:
-        job = (entry[1]["jobs"].get("evaluate", {}) if entry else {}).get("job_id", "")
-        return CellStatus(run_name, label, "done", job_id=job)
+    """The status of one cell from its record, manifest entry and job states (pure).
+
+    A record means done, unless a job of the cell is still queued or running (an overwrite in
+    progress): then that job's state shows.
+    """
     if entry is None:
-        return CellStatus(run_name, label, "not submitted")
+        return CellStatus(key, label, "done" if record_exists else "not submitted")
     manifest, cell = entry
     rows = []
     for stage in STAGE_ORDER:
@@ -59,19 +60,24 @@ def derive(run_name: str, label: str, entry: tuple[dict, dict] | None, states: M
             continue
         raw = _local_state(job, manifest) if "state" in job else states.get(job["job_id"], "UNKNOWN")
         rows.append((stage, job, raw, state_class(raw)))
+    if record_exists:
+        for stage, job, raw, cls in rows:
+            if cls in ("running", "pending"):
+                return CellStatus(key, label, cls, stage, job["job_id"], detail=raw)
+        return CellStatus(key, label, "done", job_id=cell["jobs"].get("evaluate", {}).get("job_id", ""))
     for stage, job, raw, cls in rows:  # the first failure is the cause; later stages were cancelled by it
         if cls == "failed":
-            return CellStatus(run_name, label, "failed", stage, job["job_id"], job.get("stderr", ""), raw)
+            return CellStatus(key, label, "failed", stage, job["job_id"], job.get("stderr", ""), raw)
     for stage, job, raw, cls in rows:
         if cls == "running":
-            return CellStatus(run_name, label, "running", stage, job["job_id"], detail=_progress(cell, stage))
+            return CellStatus(key, label, "running", stage, job["job_id"], detail=_progress(cell, stage))
     waiting = [(stage, job, raw) for stage, job, raw, cls in rows if cls in ("pending", "unknown")]
     if waiting:
         stage, job, raw = waiting[0]
         state = "pending" if state_class(raw) == "pending" else "unknown"
-        return CellStatus(run_name, label, state, stage, job["job_id"], detail=raw)
+        return CellStatus(key, label, state, stage, job["job_id"], detail=raw)
     last = rows[-1] if rows else ("", {}, "", "")
-    return CellStatus(run_name, label, "failed", last[0], last[1].get("job_id", ""), last[1].get("stderr", ""),
+    return CellStatus(key, label, "failed", last[0], last[1].get("job_id", ""), last[1].get("stderr", ""),
                       f"jobs finished but no record at {cell['record']}")
 
 
@@ -107,7 +113,7 @@ def grid_statuses(args: list[str], cells: list | None = None) -> tuple[list[Cell
     if whole_history:
         wanted = [(name, cell["label"], cell["record"]) for name, (_, cell) in sorted(latest.items())]
     else:
-        wanted = [(c.run_name, c.label(), str(c.record)) for c in cells]
+        wanted = [(c.key, c.label(), str(c.record)) for c in cells]
     note = None
     job_ids: dict[str, list[str]] = {}
     for name, _, _ in wanted:
@@ -136,8 +142,9 @@ def format_table(statuses: list[CellStatus]) -> str:
         where = s.log if s.state == "failed" and s.log else s.detail
         if s.state == "failed" and s.log and s.detail:
             where = f"{s.detail}: {s.log}"
-        rows.append([s.label, s.run_name, s.state, s.stage or "-", s.job_id or "-", where or ""])
-    return tabulate(rows, headers=["cell", "run", "state", "stage", "job", "detail / log"], tablefmt="simple")
+        rows.append([s.label, s.key, s.state, s.stage or "-", s.job_id or "-", where or ""])
+    return tabulate(rows, headers=["cell", "run / evaluation", "state", "stage", "job", "detail / log"],
+                    tablefmt="simple")
 
 
 def summary_line(statuses: list[CellStatus]) -> str:

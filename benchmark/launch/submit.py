@@ -84,13 +84,13 @@ def check_time_limits(cells: Sequence[Cell], launcher: Mapping) -> list[str]:
         tc = cell.config["train"]
         interval = min(int(tc["ckpt_every"]), int(tc["iterations"]))
         if sec is None:
-            unchecked.append(cell.run_name)
+            unchecked.append(cell.key)
             continue
         need = interval * sec / 60.0
         if train["time_min"] < need:
             raise ConfigError(
                 f"launcher.stages.train.time_min={train['time_min']} min is shorter than one checkpoint interval "
-                f"of {cell.run_name}: {interval} steps (train.ckpt_every) x {sec:.3g} s/step ({source}) = "
+                f"of {cell.key}: {interval} steps (train.ckpt_every) x {sec:.3g} s/step ({source}) = "
                 f"{need:.1f} min; raise time_min or lower train.ckpt_every")
     if not unchecked:
         return []
@@ -99,18 +99,50 @@ def check_time_limits(cells: Sequence[Cell], launcher: Mapping) -> list[str]:
 
 
 def plan(cells: Sequence[Cell], args: Sequence[str]) -> tuple[list[Cell], list[str]]:
-    """Cells still to submit, and one line per cell skipped (finished or already queued)."""
-    statuses = {s.run_name: s for s in grid_statuses(list(args), list(cells))[0]}
+    """Cells still to submit, and one line per cell skipped (finished, queued, or its run is training).
+
+    A cell is finished only when the record of its own identity exists. With ``overwrite=true``
+    finished cells are submitted again, but a cell (or its training run) that another submission
+    is still running is refused: redoing it would pull its files from under that job.
+    """
+    statuses = grid_statuses(list(args), list(cells))[0]
+    by_key = {s.key: s for s in statuses}
+    busy_runs = {s.key.split("/")[0]: s for s in statuses if s.state in ("pending", "running")}
     todo, skipped = [], []
     for cell in cells:
-        status = statuses.get(cell.run_name)
-        if cell.is_done():
-            skipped.append(f"skip {cell.run_name}: finished ({cell.record})")
-        elif status is not None and status.state in ("pending", "running"):
-            skipped.append(f"skip {cell.run_name}: already {status.state} ({status.stage} job {status.job_id})")
+        status = by_key.get(cell.key)
+        busy = status if status is not None and status.state in ("pending", "running") else busy_runs.get(cell.run_id)
+        overwrite = bool(cell.config.get("overwrite"))
+        if busy is not None and overwrite:
+            raise ConfigError(f"overwrite=true on cell {cell.key}, which a submission is still running "
+                              f"({busy.key}: {busy.state}, {busy.stage} job {busy.job_id}); wait for it or cancel it")
+        if cell.is_done() and not overwrite:
+            skipped.append(f"skip {cell.key}: finished ({cell.record}; overwrite=true runs it again)")
+        elif busy is not None and busy.key == cell.key:
+            skipped.append(f"skip {cell.key}: already {busy.state} ({busy.stage} job {busy.job_id})")
+        elif busy is not None:
+            skipped.append(f"skip {cell.key}: its training run is {busy.state} for {busy.key} ({busy.stage} job "
+                           f"{busy.job_id}); submit again when that finishes")
         else:
             todo.append(cell)
     return todo, skipped
+
+
+def _set_aside(cells: Sequence[Cell], stages: Sequence[str]) -> list[Cell]:
+    """overwrite=true: move what the stages replace aside now, once; the jobs run with it off
+    (a requeued job must never move its own progress aside)."""
+    from dataclasses import replace
+
+    from benchmark import cell as cell_paths
+
+    out = []
+    for c in cells:
+        if not c.config.get("overwrite"):
+            out.append(c)
+            continue
+        cfg = cell_paths.apply_overwrite(c.cfg, tuple(stages))
+        out.append(replace(c, config={**c.config, "overwrite": bool(cfg.overwrite)}))
+    return out
 
 
 def submit_grid(args: Sequence[str], stages: Sequence[str] = STAGE_ORDER, quiet: bool = False) -> dict | None:
@@ -130,6 +162,7 @@ def submit_grid(args: Sequence[str], stages: Sequence[str] = STAGE_ORDER, quiet:
     notes = check_time_limits(todo, launcher)
     manifest = new_submission(cells[0].config["paths"]["runs"], launcher["name"], list(args), os.getcwd())
     backend.check(todo, launcher, Path(manifest["logs"]), stages)
+    todo = _set_aside(todo, stages)
     for note in notes:
         say(f"note: {note}")
     manifest["exit_code"] = backend.submit(todo, launcher, manifest, stages)
@@ -141,9 +174,9 @@ def _report(manifest: Mapping) -> str:
 
     from benchmark.launch.manifest import manifest_path
 
-    rows = [[c["label"], c["run_name"], *[c["jobs"].get(s, {}).get("job_id", "-") for s in STAGE_ORDER]]
+    rows = [[c["label"], c["key"], *[c["jobs"].get(s, {}).get("job_id", "-") for s in STAGE_ORDER]]
             for c in manifest["cells"]]
-    table = tabulate(rows, headers=["cell", "run", *STAGE_ORDER], tablefmt="simple")
+    table = tabulate(rows, headers=["cell", "run / evaluation", *STAGE_ORDER], tablefmt="simple")
     args = " ".join(manifest["args"])
     return (f"{table}\n{len(rows)} cells submitted ({manifest['launcher']}); manifest: {manifest_path(manifest)}\n"
             f"follow with: python -m benchmark status {args}".rstrip())

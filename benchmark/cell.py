@@ -1,0 +1,97 @@
+"""A composed config as a cell: where its run, checkpoint, samples and record live, and ``overwrite``.
+
+Every verb and every launcher stage asks here, so the places a cell's files go are decided
+once, from its identity (benchmark.identity):
+
+* run folder     ``<paths.runs>/<run id>`` (for a checkpoint of another run: that run's folder;
+                 for an outside checkpoint: ``<paths.runs>/external-<name>-<sha>``);
+* checkpoint     ``sample.ckpt``, else the run's checkpoint at ``train.iterations``;
+* samples        ``<run folder>/samples/<sample id>`` (or ``sample.out``);
+* record         ``<paths.results>/runs/<run id>/<eval id>.json``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from benchmark import checkpoint as ckpt_io
+from benchmark import identity
+from benchmark.aside import move_aside
+from benchmark.results import artifact_dir, record_path
+
+
+def run_dir(cfg: DictConfig) -> Path:
+    """The folder this config trains into: ``<paths.runs>/<run_name>-<training hash>``."""
+    return Path(str(cfg.paths.runs)) / identity.run_id(cfg)
+
+
+def owner_dir(cfg: DictConfig, ident: identity.CellIdentity | None = None) -> Path:
+    """The run folder the sampled checkpoint belongs to (samples of it go there, never elsewhere)."""
+    ident = ident or identity.cell_identity(cfg)
+    if "train_hash" in ident.checkpoint:
+        if ident.run_id == identity.run_id(cfg):
+            return run_dir(cfg)
+        return identity.owning_run(str(cfg.sample.ckpt))
+    return Path(str(cfg.paths.runs)) / ident.run_id
+
+
+def resolve_checkpoint(cfg: DictConfig) -> Path:
+    """``sample.ckpt``, or the run's final checkpoint (step ``train.iterations``), which must exist."""
+    if cfg.sample.ckpt:
+        path = Path(str(cfg.sample.ckpt))
+        if not path.is_file():
+            raise FileNotFoundError(f"sample.ckpt={path} does not exist; pass a checkpoint file")
+        return path
+    folder = run_dir(cfg)
+    final = ckpt_io.checkpoint_path(folder, int(cfg.train.iterations))
+    if not final.is_file():
+        latest = ckpt_io.latest_checkpoint(folder)
+        where = f"its newest checkpoint is {latest.name}" if latest else "it holds no checkpoint"
+        raise FileNotFoundError(f"run {folder} is not trained to train.iterations={cfg.train.iterations} ({where}); "
+                                "train it first or pass sample.ckpt=PATH")
+    return final
+
+
+def sample_folder(cfg: DictConfig, ident: identity.CellIdentity | None = None) -> Path:
+    if cfg.sample.out:
+        return Path(str(cfg.sample.out))
+    ident = ident or identity.cell_identity(cfg)
+    return owner_dir(cfg, ident) / "samples" / ident.sample_id
+
+
+def record_of(cfg: DictConfig, ident: identity.CellIdentity | None = None) -> Path:
+    ident = ident or identity.cell_identity(cfg)
+    return record_path(cfg.paths.results, ident.run_id, ident.eval_id)
+
+
+STAGE_FILES = {
+    # stage -> what redoing it replaces
+    "train": lambda cfg, ident: [(run_dir(cfg), Path(str(cfg.paths.runs)))],
+    "sample": lambda cfg, ident: [(sample_folder(cfg, ident), sample_folder(cfg, ident).parent)],
+    "evaluate": lambda cfg, ident: [
+        (record_of(cfg, ident), Path(str(cfg.paths.results))),
+        (artifact_dir(cfg.paths.results, ident.run_id, ident.eval_id), Path(str(cfg.paths.results)))],
+}
+
+
+def apply_overwrite(cfg: DictConfig, stages: tuple[str, ...]) -> DictConfig:
+    """With ``overwrite=true``, move what ``stages`` would replace aside; return the config with it off.
+
+    Call once per cell before its stages run (never inside a stage, which a requeue repeats).
+    """
+    if not cfg.get("overwrite"):
+        return cfg
+    ident = identity.cell_identity(cfg)
+    for stage in stages:
+        for path, root in STAGE_FILES[stage](cfg, ident):
+            move_aside(path, root)
+    return with_values(cfg, overwrite=False)
+
+
+def with_values(cfg: DictConfig, **dotted) -> DictConfig:
+    cfg = cfg.copy()
+    OmegaConf.set_struct(cfg, False)
+    for key, value in dotted.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg

@@ -1,0 +1,167 @@
+"""Identity: which keys name a result (pinned), the hashes they give, and what run/train/submit do with them."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from benchmark import cell, identity
+from benchmark.config import ConfigError, compose
+from benchmark.launch import manifest as mf
+from benchmark.launch.submit import submit_grid
+from omegaconf import OmegaConf
+
+# Every leaf that never enters an identity. Adding a key to the config puts it in the identity
+# unless it is listed in NOT_IDENTITY; this list makes either change a deliberate one.
+EXCLUDED = {
+    "paths.runs", "paths.results", "paths.reports", "paths.cache", "run_name", "overwrite", "recipe",
+    "data.path", "autoencoder.path", "method.options.moe_backend",
+    "train.progress", "train.log_every", "train.ckpt_every", "train.resume", "train.latent_batch_size",
+    "train.compile", "train.grad_checkpointing", "sample.out", "sample.ckpt",
+    "eval.samples", "eval.batch_size", "eval.metrics", "eval.bootstrap_resamples", "eval.bootstrap_seed",
+}
+MUST_TRAIN = {"method.name", "method.options.num_experts", "method.options.top_k", "method.options.w_jsd",
+              "size.name", "model.patch_size", "model.class_dropout_prob", "data.name", "data.image_size",
+              "data.flip", "autoencoder.name", "autoencoder.variant", "diffusion.noise_schedule",
+              "loss_weight.name", "train.iterations", "train.global_batch_size", "train.lr", "train.ema_decay",
+              "train.precision", "train.adam_betas", "seed"}
+MUST_EVAL = {"sample.sampler", "sample.steps", "sample.cfg_scale", "sample.guidance_channels", "sample.num_samples",
+             "sample.per_proc_batch_size", "eval.num_fid_samples", "eval.reference", "eval.inception_weights",
+             "eval.reference_max_images"}
+
+
+def leaves(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from leaves(v, f"{prefix}.{k}" if prefix else k)
+    else:
+        yield prefix
+
+
+def covered(spec: dict, prefix: str = "") -> set[str]:
+    return set(leaves(spec, prefix))
+
+
+@pytest.mark.parametrize("overrides", [["method=switch_dit", "launcher=slurm"],
+                                       ["method=dtr", "data=imagenet", f"data.path={Path(__file__).parent}",
+                                        "loss_weight=min_snr"]])
+def test_every_key_is_in_an_identity_or_deliberately_out(overrides):
+    cfg = compose(overrides)
+    c = OmegaConf.to_container(cfg, resolve=True)
+    keys = {k for k in leaves({s: v for s, v in c.items() if s not in ("launcher",)})}
+    train = covered(identity.train_spec(c))
+    sample = covered(identity.sample_spec(c)) - covered({"checkpoint": identity.checkpoint_ref(c)})
+    evals = {f"eval.{k}" for k in ("num_fid_samples", "reference", "reference_max_images", "inception_weights")}
+    included = train | sample | evals
+    assert MUST_TRAIN & keys <= train
+    assert MUST_EVAL & keys <= sample | evals
+    out = {k for k in keys if k not in included}
+    assert out == EXCLUDED & keys, sorted(out ^ (EXCLUDED & keys))
+    assert identity.NOT_IDENTITY >= EXCLUDED - {"paths.runs", "paths.results", "paths.reports", "paths.cache"}
+
+
+NEUTRAL = ["train.log_every=7", "train.ckpt_every=3", "paths.runs=/elsewhere", "train.progress=false",
+           "eval.batch_size=8", "eval.metrics=[fid]", "run_name=x", "launcher=slurm", "train.compile=true"]
+TRAINING = ["train.iterations=60", "train.lr=0.002", "seed=1", "train.global_batch_size=32", "method=dtr",
+            "diffusion.noise_schedule=cosine", "train.ema_decay=0.99", "model.patch_size=4"]
+EVALUATION = ["sample.num_samples=64", "sample.steps=10", "sample.cfg_scale=2.0", "sample.guidance_channels=1",
+              "eval.reference_max_images=200", "sample.sampler=ddpm", "sample.per_proc_batch_size=100"]
+
+
+def ids(*overrides: str) -> tuple[str, str, str]:
+    i = identity.cell_identity(compose(list(overrides)))
+    return identity.spec_hash(i.train), i.sample_hash, i.eval_hash
+
+
+def test_what_cannot_change_a_number_changes_no_hash():
+    base = ids()
+    for override in NEUTRAL:
+        assert ids(override) == base, override
+    assert ids("method=switch_dit", "method.options.moe_backend=torch") == ids("method=switch_dit")
+    assert ids("method=dtr", "method.options.alpha=4") == ids("method=dtr", "method.options.alpha=4.0")
+
+
+@pytest.mark.parametrize("override", TRAINING)
+def test_a_training_key_changes_the_run(override):
+    (train, sample, evals), base = ids(override), ids()
+    assert train != base[0] and evals != base[2]
+
+
+@pytest.mark.parametrize("override", EVALUATION)
+def test_an_evaluation_key_changes_the_record_not_the_run(override):
+    (train, sample, evals), base = ids(override), ids()
+    assert train == base[0] and evals != base[2]
+
+
+def test_names_stay_readable():
+    i = identity.cell_identity(compose(["method=switch_dit", "seed=3"]))
+    assert i.run_id == f"switch_dit-debug-p2-digits8-s3-{identity.spec_hash(i.train)}"
+    assert i.eval_id == f"0001500-ddim50-cfg1.5-n300-{i.eval_hash}"
+    assert i.sample_id == f"0001500-ddim50-cfg1.5-n300-{i.sample_hash}"
+
+
+# ---------------------------------------------------------------- what the verbs do with it
+
+
+def tiny(tmp: Path, *extra: str) -> list[str]:
+    return [f"paths.runs={tmp}/runs", f"paths.cache={tmp}/cache", f"paths.results={tmp}/results",
+            f"paths.reports={tmp}/reports", "train.global_batch_size=8", "train.progress=false",
+            "train.iterations=3", *extra]
+
+
+def test_training_continues_finishes_and_refuses_another_protocol(tmp_path, capsys):
+    from benchmark.train import train
+
+    first = train(compose(tiny(tmp_path, "train.ckpt_every=1")))
+    folder = first.run_dir
+    assert json.loads((folder / identity.IDENTITY_FILE).read_text())["train_hash"] == folder.name.rsplit("-", 1)[1]
+    stamp = first.checkpoint.stat().st_mtime_ns
+    again = train(compose(tiny(tmp_path, "train.ckpt_every=1")))           # finished: nothing runs
+    assert again.finished_before and again.checkpoint == first.checkpoint
+    assert first.checkpoint.stat().st_mtime_ns == stamp and "is finished" in capsys.readouterr().out
+    # A checkpoint of another protocol cannot be continued (only train.iterations may differ).
+    with pytest.raises(ValueError, match=r"another protocol \(train.lr: checkpoint 0.001 vs config 0.002"):
+        train(compose(tiny(tmp_path, "train.lr=0.002", f"train.resume={first.checkpoint}")))
+
+
+def test_run_skips_a_finished_cell_and_overwrite_moves_it_aside(tmp_path, capsys):
+    from benchmark.run import main as run_main
+
+    args = tiny(tmp_path, "method=dit", "sample.num_samples=4", "sample.per_proc_batch_size=4", "sample.steps=2",
+                "eval.reference_max_images=16", "eval.metrics=[fid]")
+    record = run_main(compose(args))
+    content = record.read_bytes()
+    assert run_main(compose(args)) == record and record.read_bytes() == content
+    assert "finished:" in capsys.readouterr().out
+    # Other settings: another record beside the first, never in its place.
+    other = run_main(compose([*args, "train.iterations=4"]))
+    assert other != record and other.parent != record.parent and record.read_bytes() == content
+    # overwrite=true: the old files move aside, the cell runs again.
+    redone = run_main(compose([*args, "overwrite=true"]))
+    assert redone == record
+    aside = list((tmp_path / "results" / ".replaced").glob(f"*/runs/{record.parent.name}/{record.name}"))
+    assert len(aside) == 1 and aside[0].read_bytes() == content
+    assert list((tmp_path / "runs" / ".replaced").glob(f"*/{record.parent.name}/checkpoints/0000003.pt"))
+
+
+def test_submit_at_other_settings_runs_and_overwrite_of_a_running_cell_is_refused(tmp_path, capsys):
+    args = ["launcher=local", *tiny(tmp_path, "method=dit", "sample.num_samples=4", "sample.per_proc_batch_size=4",
+                                      "sample.steps=2", "eval.reference_max_images=16", "eval.metrics=[fid]")]
+    first = submit_grid(args, quiet=True)
+    assert first["exit_code"] == 0
+    again = submit_grid([*args, "train.iterations=4"], quiet=True)     # other settings: not "finished"
+    assert again is not None and again["cells"][0]["key"] != first["cells"][0]["key"]
+    assert submit_grid([*args, "train.iterations=4"]) is None
+    assert "finished" in capsys.readouterr().out
+    # A submission still running the cell: overwrite=true is refused, nothing moved.
+    live = mf.new_submission(tmp_path / "runs", "local", args, str(tmp_path))
+    live["created_ts"] += 10
+    live["cells"] = [dict(first["cells"][0], jobs={"train": {"job_id": "j", "state": "RUNNING", "stderr": ""}})]
+    live["pid"] = os.getpid()
+    mf.write_manifest(live)
+    with pytest.raises(ConfigError, match="overwrite=true on cell .* a submission is still running"):
+        submit_grid([*args, "overwrite=true"], quiet=True)
+    assert not (tmp_path / "runs" / ".replaced").exists()
+    assert cell.record_of(compose(args)).is_file()
