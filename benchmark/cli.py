@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import os
 import sys
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ class Verb:
     summary: str
     keys: str            # the config keys a user of this verb usually sets
     compose: bool = True  # False: the verb takes plain arguments, not Hydra overrides
+    own_help: bool = False  # True: --help goes to the verb's own argument parser, which lists every flag
 
 
 VERBS: dict[str, Verb] = {
@@ -54,11 +54,13 @@ VERBS: dict[str, Verb] = {
         "paths.results= paths.reports=",
     ),
     "kernels": Verb(
-        "benchmark.cli:kernels_main",
+        "benchmark.speed.kernel_bench:main",
         "microbenchmarks of Switch-DiT's MoE expert layer (fused Triton kernel vs the official formulation, "
-        "torch._grouped_mm, dense nn.Linear) at the S/B/L/XL shapes; JSON under results/kernels/",
-        "--quick --device cuda|cpu --dtype bfloat16|float16|float32 --providers a,b --whole-step --out DIR",
+        "torch._grouped_mm, dense nn.Linear), errors against float64; JSON under results/kernels/ "
+        "(a CPU's under results/kernels/cpu/). GPU acceptance run: python -m benchmark.speed.gpu_check",
+        "--quick --device --dtype --providers --repeats --whole-step --out",
         compose=False,
+        own_help=True,
     ),
     "submit": Verb(
         "benchmark.launch.submit:main",
@@ -164,21 +166,6 @@ def _precheck(overrides: list[str]) -> None:
         compose(cell)
 
 
-def kernels_main(args: list[str]) -> int:
-    if not torch_cuda_available():
-        # The interpreter must be chosen before Triton kernels are imported.
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    from kernels.bench import main as bench_main
-
-    return int(bench_main(args) or 0)
-
-
-def torch_cuda_available() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
@@ -197,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     if name not in verbs:
         return fail(f"unknown verb '{name}'; valid: {', '.join(verbs)}")
     verb = verbs[name]
-    if "-h" in args or "--help" in args:
+    if ("-h" in args or "--help" in args) and not verb.own_help:
         print(verb_help(name, verb))
         return 0
     if not verb.compose:

@@ -2,8 +2,8 @@
 
 `moe_linear` is the Switch-DiT expert linear (arXiv 2403.09176, Sec. 3.2):
 a plain-torch path (kernels/moe_torch.py) and a fused Triton grouped GEMM
-(kernels/moe_triton.py) behind one signature; kernels/bench.py times them
-against the official formulation and a dense linear. `moe_mask` is the block
+(kernels/moe_triton.py) behind one signature; benchmark/speed/kernel_bench.py
+times them against the official formulation and a dense linear. `moe_mask` is the block
 input x·(1 + moe_linear(x)) built on it (kernels/moe_mask.py).
 """
 from .moe import BACKENDS, VALID_BACKENDS, moe_linear, resolve_backend

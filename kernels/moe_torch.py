@@ -21,8 +21,8 @@ Two equivalent evaluations of (1) live here:
   arXiv 2403.08245, Sec. 3): sort the N*k assignments by expert, one matmul per
   expert over the samples routed to it, scale by the gates and scatter-add.
   It needs the per-expert counts on the host (one sync, a graph break under
-  torch.compile); kept as the second reference and for the CPU comparison in
-  kernels/bench.py.
+  torch.compile); kept as the second reference (the GPU acceptance run's float64
+  reference in benchmark/speed/gpu_check.py).
 
 Both are pure tensor-in/tensor-out and differentiable by autograd. Sums of
 expert outputs are accumulated in float32 for 16-bit inputs.
@@ -98,7 +98,7 @@ def moe_linear_grouped(x, weight, bias, expert_idx, gates):
     return out.to(x.dtype)
 
 
-# Variant table: bench.py times each entry; `moe_linear_torch` is the chosen one.
+# Variant table; `moe_linear_torch` is the chosen one.
 TORCH_VARIANTS = {"mixed": moe_linear_mixed, "grouped": moe_linear_grouped}
 DEFAULT_TORCH_VARIANT = "mixed"
 

@@ -53,7 +53,7 @@ that made dparams about 1 ms of a 1.25 ms forward+backward
 
 Accumulation is fp32; inputs are fp32 (tf32 dots on GPU), fp16 or bf16.
 Tile sizes come from a small table keyed by D (no multi-config autotune: it
-cannot run under TRITON_INTERPRET=1); kernels/compile_check.py compiles the
+cannot run under TRITON_INTERPRET=1); benchmark/speed/compile_check.py compiles the
 table's launches for sm_90 on a CPU to check for spills. The op is a
 `torch.library.custom_op` with a fake implementation and an autograd formula,
 so torch.compile can trace a model that calls it.
@@ -61,6 +61,7 @@ so torch.compile can trace a model that calls it.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
 from dataclasses import dataclass, replace
@@ -318,7 +319,7 @@ DX_TABLE: tuple[tuple[float, MMTiles], ...] = (
     (512, MMTiles(128, 64, 64, 4, 4, swap_ab=True)),
     (math.inf, MMTiles(128, 128, 64, 8, 3, swap_ab=True)),
 )
-# Checked offline with kernels/compile_check.py (sm_90, bf16, L=256): every
+# Checked offline with benchmark/speed/compile_check.py (sm_90, bf16, L=256): every
 # entry compiles without register spills. The gradient kernel holds two fp32
 # accumulators (G_n and dW); 128x64 tiles give more programs (H100, D=1152:
 # 0.244 ms vs 0.264 for 128x128 with 8 warps).
@@ -326,7 +327,20 @@ GRAD_TABLE: tuple[tuple[float, GradTiles], ...] = (
     (512, GradTiles(128, 64, 64, 8, 3)),
     (math.inf, GradTiles(128, 64, 64, 4, 3)),
 )
-_OVERRIDE: dict[str, object] = {}
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """Tiles a caller sets instead of the tables: a tile sweep, or a test that needs several
+    tiles per dimension under the interpreter. ``mm`` is the forward launch's (and dx's unless
+    ``dx`` is given), ``grad`` the expert-gradient launch's, ``split`` its sample split."""
+    mm: MMTiles | None = None
+    dx: MMTiles | None = None
+    grad: GradTiles | None = None
+    split: int | None = None
+
+    def mixed(self, transpose_w: bool) -> MMTiles | None:
+        return (self.dx or self.mm) if transpose_w else self.mm
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -343,12 +357,12 @@ def _pow2_clamp(v: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, _next_pow2(max(int(v), 1))))
 
 
-def mm_tiles(seq: int, k: int, nout: int, itemsize: int = 2, transpose_w: bool = False) -> MMTiles:
-    """Tiles for `_mixed_linear_kernel` with L=seq rows per sample (``transpose_w``: the dx launch)."""
-    if transpose_w and "dx" in _OVERRIDE:
-        t = _OVERRIDE["dx"]
-    elif "mm" in _OVERRIDE:
-        t = _OVERRIDE["mm"]
+def mm_tiles(seq: int, k: int, nout: int, itemsize: int = 2, transpose_w: bool = False,
+             tiles: MMTiles | None = None) -> MMTiles:
+    """Tiles for `_mixed_linear_kernel` with L=seq rows per sample (``transpose_w``: the dx launch);
+    ``tiles`` replaces the table's choice."""
+    if tiles is not None:
+        t = tiles
     elif INTERPRET:
         # The interpreter runs each program as numpy ops: few big tiles win.
         return MMTiles(_pow2_clamp(seq, 16, 64), _pow2_clamp(nout, 16, 64), _pow2_clamp(k, 16, 64), 4, 1)
@@ -364,8 +378,6 @@ def mm_tiles(seq: int, k: int, nout: int, itemsize: int = 2, transpose_w: bool =
 
 def grad_tiles(seq: int, din: int, dout: int, itemsize: int = 2) -> GradTiles:
     """Tiles for `_expert_grad_kernel`."""
-    if "grad" in _OVERRIDE:
-        return _OVERRIDE["grad"]
     if INTERPRET:
         return GradTiles(_pow2_clamp(din, 16, 64), _pow2_clamp(dout, 16, 64), _pow2_clamp(seq, 16, 64), 4, 1)
     t = next(tiles for limit, tiles in GRAD_TABLE if max(din, dout) <= limit)
@@ -376,26 +388,6 @@ def grad_tiles(seq: int, din: int, dout: int, itemsize: int = 2) -> GradTiles:
         t = replace(t, block_o=min(t.block_o, 64), block_l=max(16, t.block_l // 2), num_stages=min(t.num_stages, 2),
                     num_warps=max(t.num_warps, 8))
     return t
-
-
-@contextlib.contextmanager
-def override_tiles(mm: MMTiles | None = None, grad: GradTiles | None = None, split: int | None = None,
-                   dx: MMTiles | None = None):
-    """Force tile choices (and the dW sample split) inside the block; ``mm`` covers the
-    forward and, unless ``dx`` is given, the dx launch too.
-
-    Used by the GPU tile sweep and by tests that need several tiles per
-    dimension or a split under the interpreter.
-    """
-    saved = dict(_OVERRIDE)
-    for key, value in (("mm", mm), ("grad", grad), ("split", split), ("dx", dx)):
-        if value is not None:
-            _OVERRIDE[key] = value
-    try:
-        yield
-    finally:
-        _OVERRIDE.clear()
-        _OVERRIDE.update(saved)
 
 
 def _num_sms(device: torch.device) -> int:
@@ -421,7 +413,7 @@ def _check_runnable(x: torch.Tensor) -> None:
 
 @dataclass(frozen=True)
 class LaunchSpec:
-    """Everything one kernel launch needs; kernels/compile_check.py reuses it offline."""
+    """Everything one kernel launch needs; benchmark/speed/compile_check.py reuses it offline."""
     kernel: object
     grid: tuple
     args: tuple
@@ -432,12 +424,12 @@ class LaunchSpec:
 
 
 def mixed_linear_spec(a, weight, bias, expert_idx, gates, out, *, transpose_w: bool,
-                      res=None, rmul=None) -> LaunchSpec:
+                      res=None, rmul=None, tiles: MMTiles | None = None) -> LaunchSpec:
     """Launch of `_mixed_linear_kernel`: out = a @ Wmix (+ bmix), or a @ Wmix^T for dx
     (+ res + res·rmul when ``res`` and ``rmul``, shaped like out, are given)."""
     n, seq, k = a.shape
     nout = out.shape[2]
-    t = mm_tiles(seq, k, nout, a.element_size(), transpose_w)
+    t = mm_tiles(seq, k, nout, a.element_size(), transpose_w, tiles)
     s_e, s_in, s_out = weight.stride()
     stride_wk, stride_wn = (s_out, s_in) if transpose_w else (s_in, s_out)
     grid = (_cdiv(seq, t.block_m) * _cdiv(nout, t.block_n), n)
@@ -452,15 +444,16 @@ def mixed_linear_spec(a, weight, bias, expert_idx, gates, out, *, transpose_w: b
     return LaunchSpec(_mixed_linear_kernel, grid, args, meta)
 
 
-def grad_plan(x, weight) -> tuple[GradTiles, int, int]:
+def grad_plan(x, weight, plan: TilePlan | None = None) -> tuple[GradTiles, int, int]:
     """(tiles, number of (D_in, D_out) tiles, sample split) for the gradient kernel."""
     n, seq, din = x.shape
     e, _, dout = weight.shape
-    t = grad_tiles(seq, din, dout, x.element_size())
+    plan = plan or TilePlan()
+    t = plan.grad or grad_tiles(seq, din, dout, x.element_size())
     tiles = _cdiv(din, t.block_i) * _cdiv(dout, t.block_o)
     # Split the samples over extra programs when tiles x experts alone cannot
     # fill the GPU; the split partials are summed in a fixed order afterwards.
-    split = _OVERRIDE.get("split") or max(1, min(n, -(-_num_sms(x.device) // (tiles * e))))
+    split = plan.split or max(1, min(n, -(-_num_sms(x.device) // (tiles * e))))
     return t, tiles, split
 
 
@@ -500,8 +493,9 @@ def grad_buffers(x, weight, expert_idx, tiles: int, split: int):
     return dw_buf, db_buf, dgp
 
 
-def _launch_mixed(a, weight, bias, expert_idx, gates, *, transpose_w: bool, out_dtype=None,
-                  res=None, rmul=None) -> torch.Tensor:
+def launch_mixed(a, weight, bias, expert_idx, gates, *, transpose_w: bool, out_dtype=None,
+                 res=None, rmul=None, plan: TilePlan | None = None) -> torch.Tensor:
+    """One `_mixed_linear_kernel` launch into a new tensor (forward, or dx with ``transpose_w``)."""
     n, seq, _ = a.shape
     nout = weight.shape[1] if transpose_w else weight.shape[2]
     out = torch.empty((n, seq, nout), dtype=out_dtype or a.dtype, device=a.device)
@@ -509,14 +503,15 @@ def _launch_mixed(a, weight, bias, expert_idx, gates, *, transpose_w: bool, out_
         return out
     with _device_ctx(a):
         mixed_linear_spec(a, weight, bias, expert_idx, gates, out, transpose_w=transpose_w,
-                          res=res, rmul=rmul).launch()
+                          res=res, rmul=rmul, tiles=plan.mixed(transpose_w) if plan else None).launch()
     return out
 
 
-def _launch_expert_grads(x, dy, weight, bias, expert_idx, gates):
+def launch_expert_grads(x, dy, weight, bias, expert_idx, gates, plan: TilePlan | None = None):
+    """(dweight, dbias, dgates) from one `_expert_grad_kernel` launch and fixed-order sums."""
     n = x.shape[0]
     topk = expert_idx.shape[1]
-    t, tiles, split = grad_plan(x, weight)
+    t, tiles, split = grad_plan(x, weight, plan)
     dw_buf, db_buf, dgp = grad_buffers(x, weight, expert_idx, tiles, split)
     if x.numel() > 0:
         col = dy.sum(1, dtype=torch.float32)  # s_n = sum_l dy[n, l], for the bias terms
@@ -540,7 +535,7 @@ def _launch_expert_grads(x, dy, weight, bias, expert_idx, gates):
 def moe_linear_fused(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
                      expert_idx: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
     """Forward of eq. (1) with `_mixed_linear_kernel` (inputs validated by the caller)."""
-    return _launch_mixed(x, weight, bias, expert_idx, gates, transpose_w=False)
+    return launch_mixed(x, weight, bias, expert_idx, gates, transpose_w=False)
 
 
 @moe_linear_fused.register_fake
@@ -548,21 +543,27 @@ def _moe_linear_fused_fake(x, weight, bias, expert_idx, gates):
     return x.new_empty((x.shape[0], x.shape[1], weight.shape[2]))
 
 
+def _backward_launches(grad_out, x, weight, bias, expert_idx, gates, need_dx: bool, need_dparams: bool,
+                       plan: TilePlan | None = None):
+    """(dx, dweight, dbias, dgates); the ones not asked for come back empty."""
+    dy = grad_out.contiguous()
+    if need_dx:
+        dx = launch_mixed(dy, weight, None, expert_idx, gates, transpose_w=True, plan=plan)
+    else:
+        dx = x.new_empty((0,))
+    if need_dparams:
+        dw, db, dg = launch_expert_grads(x, dy, weight, bias, expert_idx, gates, plan)
+    else:
+        dw, db, dg = weight.new_empty((0,)), bias.new_empty((0,)), gates.new_empty((0,))
+    return dx, dw, db, dg
+
+
 def _fused_backward(grad_out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
                     bias: torch.Tensor, expert_idx: torch.Tensor, gates: torch.Tensor,
                     need_dx: bool, need_dparams: bool
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dweight, dbias, dgates); the ones not asked for come back empty."""
-    dy = grad_out.contiguous()
-    if need_dx:
-        dx = _launch_mixed(dy, weight, None, expert_idx, gates, transpose_w=True)
-    else:
-        dx = x.new_empty((0,))
-    if need_dparams:
-        dw, db, dg = _launch_expert_grads(x, dy, weight, bias, expert_idx, gates)
-    else:
-        dw, db, dg = weight.new_empty((0,)), bias.new_empty((0,)), gates.new_empty((0,))
-    return dx, dw, db, dg
+    """(dx, dweight, dbias, dgates) with the table's tiles; the ones not asked for come back empty."""
+    return _backward_launches(grad_out, x, weight, bias, expert_idx, gates, need_dx, need_dparams)
 
 
 # Eager training (`_FusedMoELinear`) calls `_fused_backward` directly; the custom op's
@@ -607,25 +608,28 @@ class _FusedMoELinear(torch.autograd.Function):
     take on an H100 at S/B sizes, and a step of 28 such layers is host-bound."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, expert_idx, gates):
+    def forward(ctx, x, weight, bias, expert_idx, gates, plan=None):
         _setup_context(ctx, (x, weight, bias, expert_idx, gates), None)
-        return _launch_mixed(x, weight, bias, expert_idx, gates, transpose_w=False)
+        ctx.plan = plan
+        return launch_mixed(x, weight, bias, expert_idx, gates, transpose_w=False, plan=plan)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_out):
-        return _backward_with(_fused_backward, ctx, grad_out)
+        launches = functools.partial(_backward_launches, plan=ctx.plan)
+        return (*_backward_with(launches, ctx, grad_out), None)
 
 
-def moe_linear_triton(x, weight, bias, expert_idx, gates):
+def moe_linear_triton(x, weight, bias, expert_idx, gates, plan: TilePlan | None = None):
     """The "triton" backend of `kernels.moe_linear` (shape checks done by the caller).
 
-    Under torch.compile the custom op keeps the launches opaque to the tracer; eager calls
-    take the lighter autograd.Function (same kernels, same results)."""
+    Under torch.compile the custom op keeps the launches opaque to the tracer (with the
+    table's tiles); eager calls take the lighter autograd.Function (same kernels, same
+    results), whose tiles ``plan`` may set."""
     _check_runnable(x)
     if torch.compiler.is_compiling():
         return moe_linear_fused(x, weight, bias, expert_idx, gates)
-    return _FusedMoELinear.apply(x, weight, bias, expert_idx, gates)
+    return _FusedMoELinear.apply(x, weight, bias, expert_idx, gates, plan)
 
 
 class _FusedMaskedMoE(torch.autograd.Function):
@@ -640,7 +644,7 @@ class _FusedMaskedMoE(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, expert_idx, gates):
         xc = x.to(weight.dtype)
-        delta = _launch_mixed(xc, weight, bias, expert_idx, gates, transpose_w=False)
+        delta = launch_mixed(xc, weight, bias, expert_idx, gates, transpose_w=False)
         ctx.save_for_backward(x, xc, weight, bias, expert_idx, gates, delta)
         return torch.addcmul(x, x, delta)
 
@@ -654,10 +658,10 @@ class _FusedMaskedMoE(torch.autograd.Function):
         torch.mul(grad, x, out=ddelta)  # d out / d δ = g·x, stored in the kernels' dtype
         dx = dw = db = dg = None
         if need[0]:
-            dx = _launch_mixed(ddelta, weight, None, expert_idx, gates, transpose_w=True, out_dtype=x.dtype,
+            dx = launch_mixed(ddelta, weight, None, expert_idx, gates, transpose_w=True, out_dtype=x.dtype,
                                res=grad, rmul=delta)
         if need[1] or need[2] or need[4]:
-            dw, db, dg = _launch_expert_grads(xc, ddelta, weight, bias, expert_idx, gates)
+            dw, db, dg = launch_expert_grads(xc, ddelta, weight, bias, expert_idx, gates)
         return dx, dw if need[1] else None, db if need[2] else None, None, dg if need[4] else None
 
 

@@ -1,6 +1,6 @@
 """The fused MoE kernels compile for sm_90 (H100/H200) without a GPU.
 
-Runs `python -m kernels.compile_check` in a subprocess without
+Runs `python -m benchmark.speed.compile_check` in a subprocess without
 TRITON_INTERPRET (the root conftest sets it for this process) and checks each
 launch of the forward, dx and expert-gradient kernels at the Switch-DiT XL
 shape (D=1152, L=256, N=32, E=3, k=2; arXiv 2403.09176) in bf16, fp16 and fp32 with the default tile
@@ -22,7 +22,7 @@ H100_SMEM_PER_BLOCK = 227 * 1024
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16", "float32"])
 def test_default_tiles_compile_for_sm90_without_spills(dtype):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    proc = subprocess.run([sys.executable, "-m", "kernels.compile_check", "--sizes", "XL", "--dtype", dtype, "--json"],
+    proc = subprocess.run([sys.executable, "-m", "benchmark.speed.compile_check", "--sizes", "XL", "--dtype", dtype, "--json"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     if proc.returncode == 2:
         pytest.skip(proc.stderr.strip().splitlines()[-1])

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import kernels
-from kernels import moe_baselines, moe_torch
+from benchmark.speed import baselines
+from kernels import moe_torch
 from moe_cases import grads_of, make_case, naive_moe
 
 torch.set_num_threads(2)
@@ -36,8 +37,9 @@ VARIANTS = {
     "mixed": moe_torch.moe_linear_mixed,
     "grouped": moe_torch.moe_linear_grouped,
     "public": lambda *a: kernels.moe_linear(*a, backend="torch"),
-    "official": moe_baselines.moe_linear_official,
-    "grouped_mm": moe_baselines.moe_linear_grouped_mm,
+    "official": baselines.moe_linear_official,
+    "grouped_mm": baselines.moe_linear_grouped_mm,
+    "loop": baselines.moe_linear_loop,
 }
 
 

@@ -168,11 +168,11 @@ def test_triton_many_tiles_and_sample_split(swap_ab, split):
     # D_in=34, D_out=20: two row blocks per sample in the dW walk), the
     # swapped-operand variant, and the dW split of each expert's sample list
     # (split 5 > the 2 samples an expert gets here: some shares are empty).
-    from kernels.moe_triton import GradTiles, MMTiles, override_tiles
+    from kernels.moe_triton import GradTiles, MMTiles, TilePlan, moe_linear_triton
 
     case = make_case(3, 18, 34, 20, 3, 2)
     dy = torch.randn(3, 18, 20, generator=torch.Generator().manual_seed(2)).to(DEVICE)
-    with override_tiles(mm=MMTiles(16, 16, 16, 4, 2, swap_ab=swap_ab), grad=GradTiles(16, 16, 16, 4, 2), split=split):
-        got = run(triton_fn, *case, dy=dy)
+    plan = TilePlan(mm=MMTiles(16, 16, 16, 4, 2, swap_ab=swap_ab), grad=GradTiles(16, 16, 16, 4, 2), split=split)
+    got = run(lambda *a: moe_linear_triton(*a, plan=plan), *case, dy=dy)
     d = torch.float64
     check(got, run(naive_moe, *(t.to(d) for t in case[:3]), case[3], case[4].to(d), dy=dy.to(d)), TOL[torch.float32])

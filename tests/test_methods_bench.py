@@ -1,24 +1,30 @@
-"""The methods speed benchmark runs end to end (tiny configuration) and its ratios are what they claim."""
+"""The method-speed benchmark (benchmark/speed/method_bench.py) runs end to end (tiny configuration),
+writes its record under the standard name, and its ratios are what they claim."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 import torch
 
-from methods import bench
+from benchmark.speed import method_bench as bench
 
 torch.set_num_threads(2)
 
 
 def test_bench_cli_writes_record(tmp_path):
-    out = tmp_path / "bench.json"
     record = bench.main(["--sizes", "debug", "--device", "cpu", "--batch", "2", "--input-size", "8", "--in-channels", "1",
-                         "--num-classes", "3", "--warmup", "0", "--repeats", "1", "--out", str(out)])
+                         "--num-classes", "3", "--warmup", "0", "--repeats", "2", "--out", str(tmp_path)])
+    (out,) = tmp_path.glob("*.json")
+    assert re.fullmatch(r"cpu-\d{8}-([0-9a-f]{7}|nocommit)-fp32\.json", out.name), out.name
     assert json.loads(out.read_text()) == record
+    assert record["kind"] == "method_speed" and record["device_kind"] == "cpu" and record["hardware"]["device"] == "cpu"
     rows = {r["method"]: r for r in record["results"]}
     assert set(rows) == {"dit", "dtr", "switch_dit"}
     assert all(r["train_step_ms"] > 0 and r["eval_forward_ms"] > 0 for r in rows.values())
+    assert all(r["train_step_iqr_ms"] >= 0 and r["eval_forward_iqr_ms"] >= 0 and r["repeats"] == 2
+               for r in rows.values())
     assert rows["dtr"]["params"] == rows["dit"]["params"] < rows["switch_dit"]["params"]
     ratio = record["ratios"]["debug"]["switch_dit/dit"]
     assert abs(ratio["eval"] - rows["switch_dit"]["eval_forward_ms"] / rows["dit"]["eval_forward_ms"]) < 1e-3
@@ -57,7 +63,7 @@ def test_official_dit_checkout_is_timed(tmp_path, monkeypatch):
     monkeypatch.delitem(sys.modules, "models", raising=False)
     try:
         record = bench.main(["--sizes", "S", "--methods", "dit", "--device", "cpu", "--batch", "2", "--input-size", "8",
-                             "--warmup", "0", "--repeats", "1", "--official-repo", str(repo)])
+                             "--warmup", "0", "--repeats", "1", "--official-repo", str(repo), "--out", ""])
     finally:
         sys.modules.pop("models", None)  # the stand-in must not leak into other tests
     (row,) = record["official"]

@@ -1,4 +1,4 @@
-"""methods.passes: elementwise passes over the activations per training step (routing overhead).
+"""benchmark.speed.passes: elementwise passes over the activations per training step (routing overhead).
 
 The bounds are the fused block's counts; the unfused block (r + (1 − m)·x taken apart by
 autograd) made 6 passes per DTR block and 18 per Switch-DiT block over DiT's, so a change
@@ -7,7 +7,7 @@ that undoes the fusion fails here.
 import pytest
 import torch
 
-from methods.passes import _PassCounter, step_passes
+from benchmark.speed.passes import _PassCounter, step_passes
 
 torch.set_num_threads(2)
 

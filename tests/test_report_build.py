@@ -34,19 +34,20 @@ def test_kernels_and_methods_pages(results_dir, tmp_path):
     (results_dir / "kernels" / "broken.json").write_text("{")
     (results_dir / "methods").mkdir()
     (results_dir / "methods" / "speed.json").write_text(json.dumps(
-        {"device": "cpu", "results": [{"method": "dit", "size": "S", "it_per_s": 3.5}]}))
+        {"device": "cpu", "results": [{"method": "dit", "size": "S", "train_step_ms": 3.5}]}))
     rpt.build_report(results_dir, tmp_path / "reports")
     kern = (tmp_path / "reports" / "kernels.md").read_text()
     assert "| triton" in kern and "250.5" in kern and "scattermoe: not installed" in kern
     assert "D=1152, L=256, N=8" in kern and "n/a" in kern and "unreadable" in kern
     meth = (tmp_path / "reports" / "methods.md").read_text()
-    assert "3.5" in meth and "dit" in meth
+    row = next(line for line in meth.splitlines() if line.startswith("| DiT-S "))
+    assert "| 3.50 " in row and "| 1.000 " in row  # its own DiT ratio
     index = (tmp_path / "reports" / "README.md").read_text()
     assert "kernels.md" in index and "methods.md" in index
 
 
 def test_kernel_page_says_which_kernel_version_was_measured():
-    from kernels.source import fused_kernel_sha256
+    from benchmark.speed.records import fused_kernel_sha256
 
     current = fused_kernel_sha256()
     assert current is not None and len(current) == 64
@@ -96,3 +97,88 @@ def test_kernel_page_shows_steps_host_time_and_probe_ratios():
     assert "compiled" in probe_part and "BackendCompilerFailed: boom" in probe_part and "more" not in probe_part
     ratio = next(x for x in probe_part.splitlines() if x.startswith("| 64"))
     assert "1.401" in ratio
+
+
+def speed_record(kind, name, created, *, results=None, commit="feedbeefcafe0123", **extra):
+    hardware = {"device": "cuda" if kind == "gpu" else "cpu", "name": name}
+    return {"kind": "method_speed", "device_kind": kind, "hardware": hardware, "created": created,
+            "git": {"commit": commit, "dirty": False}, "git_commit": commit,
+            "versions": {"torch": "2.14.1"}, "results": results or [], **extra}
+
+
+def test_kernel_page_orders_gpu_before_cpu_and_never_calls_cpu_the_current_kernel():
+    current = "c" * 64
+    cpu = {**speed_record("cpu", "x86_64", "2026-03-01T00:00:00+00:00"), "kind": "kernel_benchmark",
+           "fused_kernel_sha256": current, "results": [{"provider": "triton_fused", "shape": "mini", "direction": "fwd",
+                                                        "median_ms": 250.0, "iqr_ms": 3.0, "max_err": 2e-7}]}
+    gpu = {**speed_record("gpu", "NVIDIA H100 80GB HBM3", "2026-01-01T00:00:00+00:00"), "kind": "kernel_benchmark",
+           "fused_kernel_sha256": current, "results": [{"provider": "triton_fused", "shape": "XL", "direction": "fwd",
+                                                        "median_ms": 0.09}]}
+    page = rpt.kernels_page([("cpu/cpu-20260301-feedbee-quick.json", cpu), ("h100-20260101.json", gpu)], current)
+    assert page.index("## NVIDIA H100 80GB HBM3") < page.index("### h100-20260101.json") < page.index("## CPU x86_64")
+    gpu_part, cpu_part = page.split("## CPU x86_64")
+    assert "(the current kernel)" in gpu_part and "the current kernel" not in cpu_part
+    assert "say nothing about GPU speed" in cpu_part and "Triton interpreter" in cpu_part
+    row = next(x for x in cpu_part.splitlines() if x.startswith("| triton_fused"))
+    assert "| 250 " in row and "| 3 " in row and "2e-07" in row  # median, IQR and max error columns
+
+
+def test_methods_page_one_table_per_device_newest_first_history_collapsed():
+    def rows(train):  # (method, size, train ms); eval is half the train time
+        return [{"method": m, "size": s, "train_step_ms": t, "eval_forward_ms": t / 2, "params": 33e6} for m, s, t in train]
+
+    config = {"batch": 32, "dtype": "bf16", "compile": False, "warmup": 5, "repeats": 10, "input_size": 32,
+              "patch_size": 2, "sizes": ["S", "XL"], "methods": ["dit", "dtr", "switch_dit"],
+              "official_repo": "/tmp/somewhere/Switch-DiT", "options": {}}
+    new = speed_record("gpu", "NVIDIA H100 80GB HBM3", "2026-02-01T10:00:00+00:00", config=config, results=rows(
+        [("switch_dit", "XL", 150.0), ("dit", "S", 20.0), ("dit", "XL", 100.0), ("dtr", "XL", 110.0),
+         ("switch_dit", "S", 40.0), ("dtr", "S", 21.0)]))
+    old = speed_record("gpu", "NVIDIA H100 80GB HBM3", "2026-01-01T10:00:00+00:00", config=config,
+                       results=rows([("dit", "S", 30.0), ("switch_dit", "S", 90.0)]), commit=None)
+    old.pop("git")
+    cpu = speed_record("cpu", "x86_64", "2026-03-01T10:00:00+00:00", config={**config, "dtype": "fp32", "batch": 4},
+                       results=rows([("dit", "S", 1400.0), ("dtr", "S", 1500.0)]))
+    page = rpt.methods_page([("a-cpu.json", cpu), ("b-old.json", old), ("c-new.json", new)])
+    h100, cpu_part = page.split("## CPU x86_64")
+    current, history = h100.split("### History")
+    assert "c-new.json" in current and "2026-02-01" in current and "b-old.json" not in current
+    assert "<details>" in history and "b-old.json" in history and "commit not recorded" in history
+    table = table_rows(current[current.index("| Model"):])
+    assert [r[0] for r in table] == ["DiT-S", "DTR-S", "Switch-DiT-S", "DiT-XL", "DTR-XL", "Switch-DiT-XL"]
+    header = next(x for x in current.splitlines() if x.startswith("| Model"))
+    cols = [c.strip() for c in header.strip("|").split("|")]
+    ratio = {r[0]: (r[cols.index("Train / DiT")], r[cols.index("Eval / DiT")]) for r in table}
+    assert ratio["Switch-DiT-XL"] == ("1.500", "1.500") and ratio["DTR-S"] == ("1.050", "1.050")
+    assert ratio["DiT-S"] == ("1.000", "1.000")
+    assert "Protocol: batch 32; bf16 autocast; eager" in current and "commit feedbeefcafe" in current
+    assert "batch 4; fp32 (no autocast)" in cpu_part
+    # No raw configuration dumps, machine paths or "x"-joined lists.
+    for dump in ("ditxdtr", "SxXL", "config", "batch=", "/tmp/", "official_repo"):
+        assert dump not in page, dump
+
+
+def test_speed_pages_need_no_triton(results_dir, tmp_path):
+    """Writing markdown must not import Triton: the report builds with it blocked."""
+    import os
+    import subprocess
+    import sys
+
+    (results_dir / "kernels" / "cpu").mkdir(parents=True)
+    (results_dir / "kernels" / "cpu" / "c.json").write_text(json.dumps(
+        {**kernel_json(), "device_kind": "cpu", "shapes": [{"name": "s"}]}))
+    (results_dir / "kernels" / "g.json").write_text(json.dumps(
+        {**kernel_json(), "hardware": {"device_type": "cuda"}, "shapes": [{"name": "s", "d": 1, "seq": 1, "n": 1, "k": 1}],
+         "results": [{"provider": "triton_fused", "shape": "s", "direction": "fwd+bwd", "median_ms": 1.0}]}))
+    code = f"""
+import sys
+sys.modules["triton"] = None  # as if not installed: find_spec gives None, import raises
+from benchmark import report
+report.build_report({str(results_dir)!r}, {str(tmp_path / "out")!r})
+assert sys.modules["triton"] is None
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    kern = (tmp_path / "out" / "kernels.md").read_text()
+    assert kern.index("### g.json") < kern.index("### cpu/c.json")
+    assert "2 file(s)" in (tmp_path / "out" / "README.md").read_text()

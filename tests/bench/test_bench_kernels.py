@@ -2,22 +2,23 @@
 
 Marked `benchmark`, so the default test command (-m 'not benchmark') skips
 them; run with `python -m pytest tests/bench -m benchmark`. Providers and
-inputs come from kernels/bench.py; on GPU the shapes are the real S and XL
-ones, on CPU the --quick ones, and the fused Triton kernel only runs on GPU.
+inputs come from benchmark/speed/kernel_bench.py; on GPU the shapes are the real S and XL
+ones, on CPU the --quick ones (the fused kernel under the Triton interpreter).
 Each case also checks its output against the plain-torch backend, so a fast
 but wrong provider fails.
 """
 import pytest
 import torch
 
-from kernels import bench, moe_torch
+from benchmark.speed import kernel_bench as bench
+from benchmark.speed.shapes import default_shapes, grid
+from kernels import moe_torch
 
 pytestmark = pytest.mark.benchmark
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 DTYPE = torch.bfloat16 if CUDA else torch.float32
-SHAPES = ([bench.Shape(s, bench.SIZES[s], 256, routing=r) for s in ("S", "XL") for r in bench.ROUTINGS] if CUDA
-          else bench.default_shapes(quick=True)[:2])
+SHAPES = grid(("S", "XL"), (256,)) if CUDA else default_shapes("cpu", quick=True)
 
 
 def _sync():
@@ -29,12 +30,11 @@ def _sync():
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: s.name)
 @pytest.mark.parametrize("provider", sorted(bench.PROVIDERS))
 def test_bench_moe_linear(benchmark, provider, shape, direction):
-    build, available = bench.PROVIDERS[provider]
-    ok, reason = available(DEVICE, DTYPE, False)
+    ok, reason = bench.PROVIDERS[provider].available(DEVICE, DTYPE, shape)
     if not ok:
         pytest.skip(reason)
     inp = bench.make_inputs(shape, DEVICE, DTYPE)
-    call, leaves, dy = build(inp)
+    call, leaves, dy = bench.build(provider, inp)
     if provider != "dense_linear":
         with torch.no_grad():
             want = moe_torch.moe_linear_grouped(inp["x"], inp["w"], inp["b"], inp["idx"], inp["g"]).float()

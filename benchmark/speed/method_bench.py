@@ -1,110 +1,57 @@
-"""Speed/memory benchmark of the three methods (not a unit test).
+"""Speed and memory of the three methods' models: training step and eval forward (not a unit test).
 
-    python -m methods.bench [--sizes S B] [--methods dit dtr switch_dit] [--device cuda]
-                            [--batch 32] [--out results/methods/bench-H100-2025-01-01.json]
-                            [--option moe_backend=torch] [--compile] [--official-repo DIR]
+    python -m benchmark.speed.method_bench [--sizes S B] [--methods dit dtr switch_dit] [--device cuda]
+                                           [--batch 32] [--dtype bf16] [--out results/methods]
+                                           [--option moe_backend=torch] [--compile] [--official-repo DIR]
 
-For every (method, size): median wall time of a training step (forward with
-``return_aux=True`` + backward), median eval forward time (one shared timestep
-per batch, as during sampling), peak memory of the training step (CUDA only),
-and parameter count; then each routed method's overhead over DiT as ratios.
-``--official-repo`` points at a local clone of the DiT, DTR or Switch-DiT reference
-code (needs its own dependencies, e.g. timm) to time it at the same
-configuration; it is optional and never committed.
+For every (method, size): median and IQR of a training step (forward with ``return_aux=True``
++ backward) and of an eval forward (one shared timestep per batch, as during sampling),
+both built and timed by benchmark/speed/steps.py and timing.py; peak memory of the
+training step (CUDA only) and parameter count; then each routed method's time over DiT's
+as ratios. ``--official-repo`` points at a local clone of the DiT, DTR or Switch-DiT
+reference code (needs its own dependencies, e.g. timm) to time it at the same
+configuration; it is optional and never committed. The record goes to
+``results/methods/<device>-<yyyymmdd>-<commit7>-<dtype>[-compiled].json``.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import os
 import pathlib
-import platform
-import statistics
 import sys
-import time
 from typing import Any, Callable
 
 import torch
 
-from kernels.atomic import atomic_write_text
-from kernels.bench import git_commit
+from methods import METHODS, SIZES, build_model
 
-from .registry import METHODS, SIZES, build_model
+from . import records
+from .steps import eval_forward, make_batch, model_forward, model_loss, time_step, train_step
+from .timing import measure
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+AUTOCAST = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _median_ms(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
-def _autocast(device: torch.device, dtype: str):
-    if dtype == "fp32":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype={"bf16": torch.bfloat16, "fp16": torch.float16}[dtype])
-
-
-def _inputs(args: argparse.Namespace, device: torch.device):
-    gen = torch.Generator(device="cpu").manual_seed(0)
-    x = torch.randn(args.batch, args.in_channels, args.input_size, args.input_size, generator=gen).to(device)
-    t_train = torch.randint(0, 1000, (args.batch,), generator=gen).to(device)
-    # Sampling gives every sample the same timestep; samplers pass it expanded (stride 0), as here.
-    t_eval = torch.full((), 500, device=device).expand(args.batch)
-    y = torch.randint(0, args.num_classes, (args.batch,), generator=gen).to(device)
-    return x, t_train, t_eval, y
-
-
-def _time_model(model: torch.nn.Module, args: argparse.Namespace, device: torch.device, train_call, eval_call) -> dict[str, Any]:
-    x, t_train, t_eval, y = _inputs(args, device)
-    opt_params = [p for p in model.parameters() if p.requires_grad]
-
-    def train_step():
-        for p in opt_params:
-            p.grad = None
-        with _autocast(device, args.dtype):
-            loss = train_call(model, x, t_train, y)
-        loss.backward()
-
-    def eval_step():
-        with torch.no_grad(), _autocast(device, args.dtype):
-            eval_call(model, x, t_eval, y)
-
+def _time_model(model: torch.nn.Module, args: argparse.Namespace, device: torch.device, loss: Callable,
+                forward: Callable) -> dict[str, Any]:
+    batch = make_batch(args.batch, device, in_channels=args.in_channels, input_size=args.input_size,
+                       num_classes=args.num_classes)
+    dtype = AUTOCAST[args.dtype]
     model.train()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    train_ms = _median_ms(train_step, device, args.warmup, args.repeats)
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    step, params = train_step(model, batch, dtype, loss)
+    train = time_step(step, params, device, args.warmup, args.repeats)
     model.eval()
-    eval_ms = _median_ms(eval_step, device, args.warmup, args.repeats)
+    evals = measure(eval_forward(model, batch, dtype, forward), device, warmup=args.warmup, repeats=args.repeats)
     return {
-        "train_step_ms": round(train_ms, 3),
-        "eval_forward_ms": round(eval_ms, 3),
-        "train_peak_mem_mib": None if peak is None else round(peak, 1),
+        "train_step_ms": round(train["median_ms"], 3),
+        "train_step_iqr_ms": round(train["iqr_ms"], 3),
+        "eval_forward_ms": round(evals.median_ms, 3),
+        "eval_forward_iqr_ms": round(evals.iqr_ms, 3),
+        "repeats": args.repeats,
+        "train_peak_mem_mib": None if train["peak_mem_mb"] is None else round(train["peak_mem_mb"], 1),
         "params": sum(p.numel() for p in model.parameters()),
     }
-
-
-def _ours_train(model, x, t, y):
-    out, aux = model(x, t, y, return_aux=True)
-    return out.float().square().mean() + sum(aux.values(), torch.zeros((), device=out.device))
-
-
-def _ours_eval(model, x, t, y):
-    return model(x, t, y)
 
 
 def bench_method(method: str, size: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -113,7 +60,8 @@ def bench_method(method: str, size: str, args: argparse.Namespace, device: torch
                         in_channels=args.in_channels, num_classes=args.num_classes, **options).to(device)
     if args.compile:
         model = torch.compile(model)
-    row = {"method": method, "size": size, "options": options, **_time_model(model, args, device, _ours_train, _ours_eval)}
+    row = {"method": method, "size": size, "options": options,
+           **_time_model(model, args, device, model_loss, model_forward)}
     del model
     return row
 
@@ -161,7 +109,7 @@ def _official_models(repo: pathlib.Path) -> dict[str, Callable[[str, argparse.Na
     return builders
 
 
-def _official_train(model, x, t, y):
+def _official_loss(model, x, t, y):
     out = model(x, t, y)
     if isinstance(out, tuple):  # the Switch-DiT reference returns (output, aux loss) in training mode
         out, aux = out
@@ -179,7 +127,8 @@ def bench_official(repo: pathlib.Path, sizes: list[str], args: argparse.Namespac
         for size in sizes:
             try:
                 model = make(size, args).to(device)
-                rows.append({"method": name, "size": size, **_time_model(model, args, device, _official_train, _ours_eval)})
+                rows.append({"method": name, "size": size,
+                             **_time_model(model, args, device, _official_loss, model_forward)})
                 del model
             except Exception as err:
                 rows.append({"method": name, "size": size, "error": f"{type(err).__name__}: {err}"})
@@ -201,13 +150,8 @@ def overhead_ratios(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str,
     return out
 
 
-def _hardware(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"{platform.processor() or platform.machine()} ({os.cpu_count()} CPUs, {torch.get_num_threads()} threads)"
-
-
-def _parse_option(text: str, parser: argparse.ArgumentParser) -> tuple[str, Any]:
+def parse_option(text: str, parser: argparse.ArgumentParser) -> tuple[str, Any]:
+    """``NAME=VALUE`` with VALUE read as int, float or string."""
     name, sep, value = text.partition("=")
     if not sep or not name:
         parser.error(f"--option {text!r} must look like NAME=VALUE")
@@ -220,7 +164,7 @@ def _parse_option(text: str, parser: argparse.ArgumentParser) -> tuple[str, Any]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m methods.bench", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmark.speed.method_bench", description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", nargs="+", default=["S"], choices=list(SIZES))
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -229,19 +173,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--patch-size", type=int, default=2)
     p.add_argument("--in-channels", type=int, default=4)
     p.add_argument("--num-classes", type=int, default=1000)
-    p.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="autocast dtype")
-    p.add_argument("--warmup", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--dtype", choices=list(AUTOCAST), default="fp32", help="autocast dtype")
+    p.add_argument("--warmup", type=int, default=2, help="untimed calls before timing")
+    p.add_argument("--repeats", type=int, default=5, help="timed calls (median and IQR)")
     p.add_argument("--compile", action="store_true", help="time torch.compile'd models")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE",
                    help="method option for every method that has it, e.g. moe_backend=torch (repeatable)")
     p.add_argument("--official-repo", type=pathlib.Path, default=None)
-    p.add_argument("--out", type=pathlib.Path, default=None, help="JSON file to write (atomically)")
+    p.add_argument("--out", default="results/methods", help="directory for the JSON record ('' writes none)")
     args = p.parse_args(argv)
-    args.options = dict(_parse_option(text, p) for text in args.option)
+    args.options = dict(parse_option(text, p) for text in args.option)
     if args.batch is None:
         args.batch = 32 if args.device.startswith("cuda") else 4
+    if args.repeats < 1 or args.warmup < 0:
+        p.error(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
     return args
+
+
+def format_rows(rows: list[dict[str, Any]]) -> str:
+    lines = [f"{'method':<22} {'size':<5} {'train ms':>10} {'IQR':>8} {'eval ms':>10} {'IQR':>8}"]
+    for r in rows:
+        if "train_step_ms" not in r:
+            lines.append(f"{r.get('method', '?'):<22} {r.get('size', ''):<5} ERROR {r.get('error', '')}")
+            continue
+        lines.append(f"{r['method']:<22} {r['size']:<5} {r['train_step_ms']:>10.3f} {r['train_step_iqr_ms']:>8.3f} "
+                     f"{r['eval_forward_ms']:>10.3f} {r['eval_forward_iqr_ms']:>8.3f}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -249,23 +206,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     device = torch.device(args.device)
     torch.manual_seed(0)
     rows = [bench_method(m, s, args, device) for s in args.sizes for m in args.methods]
-    record: dict[str, Any] = {
-        "benchmark": "methods.bench",
-        "hardware": _hardware(device),
-        "device": str(device),
-        "torch": torch.__version__,
-        "git_commit": git_commit(),
-        "config": {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items() if k not in ("out", "option")},
-        "results": rows,
-        "ratios": overhead_ratios(rows),
-    }
+    config = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()
+              if k not in ("out", "option")}
+    record = records.new_record("method_speed", device, config=config, results=rows, ratios=overhead_ratios(rows))
     if args.official_repo is not None:
         record["official"] = bench_official(args.official_repo, args.sizes, args, device)
         record["official_ratios"] = overhead_ratios([r for r in rows if r["method"] == "dit"] + record["official"])
-    text = json.dumps(record, indent=2)
-    if args.out is not None:
-        atomic_write_text(args.out, text + "\n")
-    print(text)
+    print(format_rows(rows + record.get("official", [])))
+    if args.out:
+        what = args.dtype + ("-compiled" if args.compile else "")
+        print(f"[method_bench] wrote {records.write_record(record, args.out, device, what)}")
     return record
 
 

@@ -1,7 +1,7 @@
 """Count the elementwise passes over the activations in one training step of each method.
 
-    python -m methods.passes [--methods dit dtr switch_dit] [--size S] [--dtype bf16]
-                             [--option moe_backend=triton]
+    python -m benchmark.speed.passes [--methods dit dtr switch_dit] [--size S] [--dtype bf16]
+                                     [--option moe_backend=triton]
 
 A pass is one elementwise aten op (products, sums, casts, copies) that reads or
 writes a tensor of the block activation's size N·L·D, in the forward or the
@@ -9,11 +9,10 @@ backward.  Matrix products, attention and layer norms are not passes; they are
 the same for all three methods.  Routed blocks (DTR, Switch-DiT) add passes
 for their channel mask m; on a GPU these are memory-bound kernels, so their
 number per block over DiT is a device-independent measure of the routing's
-overhead beside the expert GEMMs (the H100 profile in results/logs attributes
-half of the Switch-DiT-XL / DiT-XL step gap to them).
+overhead beside the expert GEMMs.
 
 On a CPU, ``moe_backend=triton`` needs TRITON_INTERPRET=1 in the environment
-(``TRITON_INTERPRET=1 python -m methods.passes --option moe_backend=triton``);
+(``TRITON_INTERPRET=1 python -m benchmark.speed.passes --option moe_backend=triton``);
 kernel launches are not aten ops, so they are not counted.
 """
 from __future__ import annotations
@@ -53,7 +52,7 @@ def step_passes(method: str, size: str = "S", *, batch: int = 4, input_size: int
 
     Timesteps differ across the batch, so Switch-DiT takes its per-sample (training) path.
     """
-    from .registry import build_model
+    from methods import build_model
 
     torch.manual_seed(0)
     model = build_model(method, size, input_size=input_size, num_classes=10, **options).to(device).train()
@@ -73,7 +72,7 @@ def step_passes(method: str, size: str = "S", *, batch: int = 4, input_size: int
 
 def table(methods: list[str], size: str, dtype: str, options: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per method: passes per step and per block over DiT's."""
-    from .registry import METHODS
+    from methods import METHODS
 
     rows, base = [], None
     for method in ["dit", *[m for m in methods if m != "dit"]]:
@@ -87,16 +86,17 @@ def table(methods: list[str], size: str, dtype: str, options: dict[str, Any]) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .bench import _parse_option
-    from .registry import METHODS, SIZES
+    from methods import METHODS, SIZES
 
-    p = argparse.ArgumentParser(prog="python -m methods.passes", description=__doc__.split("\n\n")[0])
+    from .method_bench import parse_option
+
+    p = argparse.ArgumentParser(prog="python -m benchmark.speed.passes", description=__doc__.split("\n\n")[0])
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--size", default="S", choices=list(SIZES))
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"], help="autocast dtype")
     p.add_argument("--option", action="append", default=[], metavar="NAME=VALUE", help="method option, e.g. moe_backend=triton")
     args = p.parse_args(argv)
-    options = dict(_parse_option(text, p) for text in args.option)
+    options = dict(parse_option(text, p) for text in args.option)
     for row in table(args.methods, args.size, args.dtype, options):
         opts = ",".join(f"{k}={v}" for k, v in row["options"].items())
         print(f"{row['method']:<11} {opts:<20} passes/step {row['passes']:>4}  per block over DiT "

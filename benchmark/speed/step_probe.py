@@ -1,19 +1,19 @@
 """Follow-up GPU probe of the whole-step goal and the expert-gradient kernel's tiles.
 
-The step goal (Switch-DiT-XL training step <= 1.15x DiT-XL, 32 samples of
-256 px per GPU, bf16 autocast) is measured by `kernels.gpu_check`. On the
-lent H100 both eager steps are partly host-bound (the profiler's host time
-per step is close to the step time), so this probe separates the parts:
+The step goal (Switch-DiT-XL training step / DiT-XL's, 32 samples of 256 px per GPU,
+bf16 autocast; conf/speed/goals.json) is measured by `benchmark.speed.gpu_check`. Where
+both eager steps are partly host-bound (the profiler's host time per step close to the
+step time), this probe separates the parts:
 
 1. the eager XL steps at batch 32 twice (run-to-run spread) and at batch 64
    (twice the GPU work for the same host work: closer to the GPU-bound ratio);
 2. both XL steps under torch.compile (Switch-DiT's expert layer stays the
    opaque custom op; inductor fuses the elementwise mask work), time allowing;
 3. the expert-gradient kernel over tiles beyond gpu_check's list (all compile
-   without register spills for sm_90 at D=1152 except where noted).
+   without register spills for sm_90 at D=1152).
 
 Writes one JSON (`$OUT` and results/kernels/) and prints a summary.
-Run: python -m kernels.step_probe [--budget-s 240]
+Run: python -m benchmark.speed.step_probe [--budget-s 240]
 """
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ import traceback
 
 import torch
 
-from . import bench
+from . import records
 from .gpu_check import _log, tile_sweep, write_record
+from .steps import whole_step_benchmarks
 
-# (BI, BO, BL, warps, stages, split); the first two are the table's XL row and the best of the first sweep.
+# (BI, BO, BL, warps, stages, split): the table's XL row first, then tiles gpu_check's list lacks.
 EXTRA_GRAD_CANDIDATES = [
     (128, 64, 64, 4, 3, None), (64, 128, 64, 4, 3, None), (64, 128, 128, 4, 3, None), (128, 64, 64, 4, 4, None),
     (64, 128, 64, 4, 4, None), (64, 64, 128, 4, 3, None), (128, 128, 64, 8, 4, None), (64, 256, 64, 8, 3, None),
@@ -48,7 +49,7 @@ def ratios(rows: list[dict]) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernels.step_probe", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmark.speed.step_probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-s", type=float, default=240.0)
     parser.add_argument("--size", default="XL")
     args = parser.parse_args(argv)
@@ -58,16 +59,12 @@ def main(argv=None) -> int:
     start = time.monotonic()
     left = lambda: args.budget_s - (time.monotonic() - start)  # noqa: E731
     device, dtype = torch.device("cuda"), torch.bfloat16
-    from .source import fused_kernel_sha256
-
-    record: dict = {"kind": "step_probe", "hardware": bench.hardware_info(device), "git_commit": bench.git_commit(),
-                    "fused_kernel_sha256": fused_kernel_sha256(), "size": args.size, "rows": []}
-    name = f"{bench.record_stem(device)}-step-probe.json"
+    record = records.new_record("step_probe", device, size=args.size, rows=[])
 
     def save():  # after every section: a run cut short still leaves its record
         record["ratios"] = ratios(record["rows"])
         record["wall_s"] = time.monotonic() - start
-        write_record(record, name, quiet=True)
+        write_record(record, device, "step-probe", quiet=True)
 
     # The compiled pair last: compiling two XL models takes minutes.
     plan = [(32, False, 0), (64, False, 0), (32, False, 1), "sweep", (32, True, 0)]
@@ -87,7 +84,7 @@ def main(argv=None) -> int:
             continue
         try:
             t0 = time.monotonic()
-            whole = bench.whole_step_benchmarks(device, dtype, sizes=(args.size,), methods=("dit", "switch_dit"),
+            whole = whole_step_benchmarks(device, dtype, sizes=(args.size,), methods=("dit", "switch_dit"),
                                                 batch=batch, compile=compiled)
             for r in whole["rows"]:
                 r["repeat"] = repeat
@@ -97,7 +94,7 @@ def main(argv=None) -> int:
         except Exception:
             traceback.print_exc()
         save()
-    _log(f"wrote {name}")
+    _log("wrote the step-probe record")
     print("\n=== STEP PROBE ===")
     for r in record["ratios"]:
         print(f"batch {r['batch']:>3} {'compiled' if r['compiled'] else 'eager   '} repeat {r['repeat']}: "

@@ -2,7 +2,7 @@
 
 All compute eq. (1) of kernels/moe_triton.py,
 out[n] = sum_j g_j (x[n] @ W[e_j] + b[e_j]) (arXiv 2403.09176, Sec. 3.2),
-the way other code does it, so kernels/bench.py can time them side by side:
+the way other code does it, so benchmark/speed/kernel_bench.py can time them side by side:
 
 * `moe_linear_official`: the formulation of the official Switch-DiT code
   (TaskMoE + ParallelExperts): sort the N*k (sample, slot) assignments by
@@ -17,6 +17,8 @@ the way other code does it, so kernels/bench.py can time them side by side:
   per-expert loop; no host sync. Only where the installed torch has it.
 * `dense_linear_rows`: not an MoE at all: one dense D_in -> D_out linear over
   N*k*L rows, the work a k-expert layer does without any routing overhead.
+* `moe_linear_loop`: eq. (1) read literally, one product per (sample, slot); in float64
+  it is the reference every benchmark row's error is measured against.
 """
 from __future__ import annotations
 
@@ -99,3 +101,16 @@ def moe_linear_grouped_mm(x, weight, bias, expert_idx, gates):
 def dense_linear_rows(rows, weight, bias):
     """rows (R, D_in) @ weight (D_in, D_out) + bias: the no-routing reference."""
     return torch.addmm(bias, rows, weight)
+
+
+def moe_linear_loop(x, weight, bias, expert_idx, gates):
+    """Eq. (1) as a plain loop over samples n and slots j: sum_j g[n, j] (x[n] @ W[e] + b[e])."""
+    n, k = expert_idx.shape
+    rows = []
+    for i in range(n):
+        acc = 0
+        for j in range(k):
+            e = int(expert_idx[i, j])
+            acc = acc + gates[i, j] * (x[i] @ weight[e] + bias[e])
+        rows.append(acc)
+    return torch.stack(rows)

@@ -2,8 +2,8 @@
 
 Triton's compiler (and the ptxas it ships) runs on the CPU; only loading the
 binary needs a device. This builds each launch of kernels/moe_triton.py
-exactly as the runtime would at the real Switch-DiT shapes (arXiv
-2403.09176: D = 384 ... 1152, L = 256, N = 32, E = 3, k = 2), specialises the
+exactly as the runtime would at the real Switch-DiT shapes (benchmark/speed/shapes.py;
+arXiv 2403.09176: D = 384 ... 1152, L = 256, N = 32, E = 3, k = 2), specialises the
 arguments the way the JIT does (16-byte alignment and divisibility, ints equal
 to 1 as constants), compiles for sm_90 (H100/H200) and reads registers, spill
 stack and shared memory from the cubin. That catches GPU-only compile errors
@@ -12,7 +12,7 @@ and register spills in CI, where no GPU exists.
 It relies on Triton internals (ASTSource, the native argument specialiser and
 the bundled cuobjdump); `available()` says whether they are present.
 Must run in a process where TRITON_INTERPRET is not set (the kernels must be
-real JIT functions): `python -m kernels.compile_check [--sizes S,XL] [--json]`.
+real JIT functions): `python -m benchmark.speed.compile_check [--sizes S,XL] [--json]`.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import tempfile
 
 import torch
 
-SHAPES = {"S": 384, "B": 768, "L": 1024, "XL": 1152}
+from .shapes import NUM_EXPERTS, NUM_SAMPLES, SIZES, TOP_K
 
 
 def _cuobjdump() -> str | None:
@@ -96,9 +96,10 @@ def compile_spec(spec, capability: int = 90) -> dict:
     }
 
 
-def real_specs(d: int, seq: int = 256, n: int = 32, e: int = 3, k: int = 2, dtype=torch.bfloat16) -> dict:
+def real_specs(d: int, seq: int = 256, n: int = NUM_SAMPLES, e: int = NUM_EXPERTS, k: int = TOP_K,
+               dtype=torch.bfloat16) -> dict:
     """LaunchSpecs of forward, dx (plain and moe_mask's) and the expert-gradient kernel on empty CPU tensors."""
-    from . import moe_triton as mt
+    from kernels import moe_triton as mt
 
     x = torch.empty(n, seq, d, dtype=dtype)
     w = torch.empty(e, d, d, dtype=dtype)
@@ -125,7 +126,7 @@ def real_specs(d: int, seq: int = 256, n: int = 32, e: int = 3, k: int = 2, dtyp
 def run(sizes=("XL",), seq: int = 256, capability: int = 90, dtype=torch.bfloat16) -> list[dict]:
     rows = []
     for size in sizes:
-        for name, spec in real_specs(SHAPES[size], seq=seq, dtype=dtype).items():
+        for name, spec in real_specs(SIZES[size], seq=seq, dtype=dtype).items():
             row = {"size": size, "seq": seq, "dtype": str(dtype).replace("torch.", ""), "kernel": name,
                    "tiles": {k: v for k, v in spec.meta.items() if k.startswith("BLOCK") or k == "SWAP_AB"}}
             try:
@@ -137,8 +138,8 @@ def run(sizes=("XL",), seq: int = 256, capability: int = 90, dtype=torch.bfloat1
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernels.compile_check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="S,XL", help=f"comma list from {list(SHAPES)}")
+    parser = argparse.ArgumentParser(prog="python -m benchmark.speed.compile_check", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="S,XL", help=f"comma list from {list(SIZES)}")
     parser.add_argument("--seq", type=int, default=256)
     parser.add_argument("--capability", type=int, default=90)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
@@ -149,9 +150,9 @@ def main(argv=None) -> int:
         print(f"compile check unavailable: {reason}", file=sys.stderr)
         return 2
     sizes = [s for s in args.sizes.split(",") if s]
-    bad = [s for s in sizes if s not in SHAPES]
+    bad = [s for s in sizes if s not in SIZES]
     if bad:
-        parser.error(f"unknown sizes {bad}; valid: {list(SHAPES)}")
+        parser.error(f"unknown sizes {bad}; valid: {list(SIZES)}")
     rows = run(sizes, seq=args.seq, capability=args.capability, dtype=getattr(torch, args.dtype))
     if args.json:
         print(json.dumps(rows))

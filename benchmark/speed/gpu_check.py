@@ -9,7 +9,7 @@ Made for a short loan of one H100/H200 (must finish in < 5 minutes):
    bf16 <= 1e-2, fp16 <= 5e-3, fp32 <= 1e-3 (tf32 dots); plus bitwise
    determinism of two runs; and `kernels.moe_mask` (the Switch-DiT block
    input, whose dx launch adds the mask gradient in its epilogue) in bf16 at XL;
-2. the full microbenchmark (kernels/bench.py) in bf16, D=1152 / 32x256
+2. the full microbenchmark (benchmark/speed/kernel_bench.py) in bf16, D=1152 / 32x256
    tokens first, then the other shapes;
 3. whole training steps (forward with auxiliary losses + backward) of
    DiT-XL and Switch-DiT-XL when `methods` is importable and time is left,
@@ -19,12 +19,13 @@ Made for a short loan of one H100/H200 (must finish in < 5 minutes):
 
 Every section catches its own failures (tracebacks printed) so one broken part
 does not lose the rest. Prints PASS/FAIL lines for correctness and for the
-goals (fused fwd+bwd >= 1.5x faster than "official", <= 0.6x its extra peak
-memory, >= 60% of dense_linear throughput on the same N*k*L rows; the
-Switch-DiT-XL step <= 1.15x the DiT-XL step), a compact table last, and
-writes the JSON record to $OUT and to results/kernels/.
+goals (conf/speed/goals.json), a compact table last, and writes the JSON record
+to $OUT and to results/kernels/.
 
-Run: python -m kernels.gpu_check [--budget-s 280]
+Needs torch and Triton only (plus `methods` for the whole steps, skipped without it):
+nothing on its import path imports the harness's other dependencies.
+
+Run: python -m benchmark.speed.gpu_check [--budget-s 280] [--skip-sweep]
 """
 from __future__ import annotations
 
@@ -36,8 +37,13 @@ import traceback
 
 import torch
 
-from . import bench
-from .moe_torch import moe_linear_grouped
+from kernels.moe_torch import moe_linear_grouped
+
+from . import goals, records
+from . import kernel_bench as kb
+from .shapes import SEQS, SIZES, Shape, grid
+from .steps import method_train_step, whole_step_benchmarks
+from .timing import measure
 
 REL_LIMITS = {torch.bfloat16: 1e-2, torch.float16: 5e-3, torch.float32: 1e-3}
 TENSORS = ("out", "dx", "dweight", "dbias", "dgates")
@@ -65,12 +71,12 @@ def check_mask_correctness(device, deadline: float, dtype=torch.bfloat16, shapes
         return x * (1 + moe_linear_grouped(x, w, b, idx, g))
 
     rows = []
-    for shape in shapes or [bench.Shape("XL", bench.SIZES["XL"], 256, routing=r) for r in ("random", "shared")]:
+    for shape in shapes or grid(("XL",), (256,)):
         if time.monotonic() > deadline:
             rows.append({"op": "moe_mask", "dtype": str(dtype), "shape": shape.name, "error": "skipped: time budget"})
             continue
         try:
-            inp = bench.make_inputs(shape, device, dtype, seed=2)
+            inp = kb.make_inputs(shape, device, dtype, seed=2)
             # x stays a float32 stream (float64 for the reference); the experts are in dtype.
             ref = _grads(ref_fn, inp, torch.float64)
             got = _grads(lambda *a: kernels.moe_mask(*a, backend="triton"), inp, dtype, x_dtype=torch.float32)
@@ -101,22 +107,22 @@ def check_correctness(device, deadline: float) -> list[dict]:
     # Most important first: the time budget may cut the tail of this list.
     plan = [(torch.bfloat16, "XL", 256), (torch.bfloat16, "XL", 256, "shared"), (torch.bfloat16, "S", 256),
             (torch.float32, "XL", 256), (torch.float16, "XL", 256)]
-    plan += [(torch.bfloat16, s, seq) for s in bench.SIZES for seq in bench.SEQS if (s, seq) not in
+    plan += [(torch.bfloat16, s, seq) for s in SIZES for seq in SEQS if (s, seq) not in
              (("XL", 256), ("S", 256))]
-    plan += [(dt, s, seq) for dt in (torch.float32, torch.float16) for s in ("S", "XL") for seq in bench.SEQS
+    plan += [(dt, s, seq) for dt in (torch.float32, torch.float16) for s in ("S", "XL") for seq in SEQS
              if (s, seq) != ("XL", 256)]
     rows = []
     for item in plan:
         dtype, size, seq = item[:3]
         routing = item[3] if len(item) > 3 else "random"
-        shape = bench.Shape(size, bench.SIZES[size], seq, routing=routing)
+        shape = Shape(size, SIZES[size], seq, routing=routing)
         if time.monotonic() > deadline:
             rows.append({"dtype": str(dtype), "shape": shape.name, "error": "skipped: time budget"})
             continue
         try:
             # Inputs are drawn in the test dtype, then upcast: the reference
             # sees exactly the values the kernel sees.
-            inp = bench.make_inputs(shape, device, dtype, seed=1)
+            inp = kb.make_inputs(shape, device, dtype, seed=1)
             ref = _grads(moe_linear_grouped, inp, torch.float64)
             got = _grads(triton_fn, inp, dtype)
             again = _grads(triton_fn, inp, dtype)
@@ -143,7 +149,7 @@ def check_correctness(device, deadline: float) -> list[dict]:
 
 
 # Sweep candidates: all compile without register spills for sm_90 at D=1152
-# (python -m kernels.compile_check, with the tiles overridden).
+# (benchmark/speed/compile_check.py with these tiles).
 MM_CANDIDATES = [  # (BM, BN, BK, warps, stages, swap_ab)
     (128, 128, 64, 8, 3, True), (128, 128, 64, 8, 3, False), (128, 64, 64, 4, 4, True),
     (128, 64, 64, 4, 4, False), (256, 128, 64, 8, 3, True), (256, 128, 64, 8, 3, False),
@@ -160,14 +166,12 @@ def tile_sweep(device, deadline: float, mm_candidates=None, grad_candidates=None
     """Time forward, dx and the expert-gradient kernel over a few tile configs at XL."""
     mm_candidates = MM_CANDIDATES if mm_candidates is None else mm_candidates
     grad_candidates = GRAD_CANDIDATES if grad_candidates is None else grad_candidates
-    import triton.testing
+    from kernels import moe_triton as mt
 
-    from . import moe_triton as mt
-
-    shape = bench.Shape("XL", bench.SIZES["XL"], 256)
-    inp = bench.make_inputs(shape, device, torch.bfloat16)
+    shape = Shape("XL", SIZES["XL"], 256)
+    inp = kb.make_inputs(shape, device, torch.bfloat16)
     x, w, b, idx, g, dy = (inp[k] for k in ("x", "w", "b", "idx", "g", "dy"))
-    timer = lambda fn: float(triton.testing.do_bench(fn, warmup=10, rep=40, return_mode="median"))  # noqa: E731
+    timer = lambda fn: measure(fn, device, warmup=5, repeats=25).median_ms  # noqa: E731
     out = {"shape": shape.name, "mm": [], "grad": []}
     default_mm = mt.mm_tiles(shape.seq, shape.d, shape.d)
     default_dx = mt.mm_tiles(shape.seq, shape.d, shape.d, transpose_w=True)
@@ -176,12 +180,11 @@ def tile_sweep(device, deadline: float, mm_candidates=None, grad_candidates=None
     for cand in mm_candidates:
         if time.monotonic() > deadline:
             break
-        tiles = mt.MMTiles(*cand)
-        row = {"tiles": repr(tiles)}
+        plan = mt.TilePlan(mm=mt.MMTiles(*cand))
+        row = {"tiles": repr(plan.mm)}
         try:
-            with mt.override_tiles(mm=tiles):
-                row["fwd_ms"] = timer(lambda: mt.moe_linear_fused(x, w, b, idx, g))
-                row["dx_ms"] = timer(lambda: mt.moe_linear_fused_backward(dy, x, w, b, idx, g, True, False))
+            row["fwd_ms"] = timer(lambda: mt.launch_mixed(x, w, b, idx, g, transpose_w=False, plan=plan))
+            row["dx_ms"] = timer(lambda: mt.launch_mixed(dy, w, None, idx, g, transpose_w=True, plan=plan))
         except Exception as exc:
             row["error"] = f"{type(exc).__name__}: {exc}"[:300]
         out["mm"].append(row)
@@ -189,11 +192,10 @@ def tile_sweep(device, deadline: float, mm_candidates=None, grad_candidates=None
     for cand in grad_candidates:
         if time.monotonic() > deadline:
             break
-        tiles = mt.GradTiles(*cand[:5])
-        row = {"tiles": repr(tiles), "split": cand[5]}
+        plan = mt.TilePlan(grad=mt.GradTiles(*cand[:5]), split=cand[5])
+        row = {"tiles": repr(plan.grad), "split": cand[5]}
         try:
-            with mt.override_tiles(grad=tiles, split=cand[5]):
-                row["dparams_ms"] = timer(lambda: mt.moe_linear_fused_backward(dy, x, w, b, idx, g, False, True))
+            row["dparams_ms"] = timer(lambda: mt.launch_expert_grads(x, dy, w, b, idx, g, plan))
         except Exception as exc:
             row["error"] = f"{type(exc).__name__}: {exc}"[:300]
         out["grad"].append(row)
@@ -215,7 +217,7 @@ def tile_sweep(device, deadline: float, mm_candidates=None, grad_candidates=None
 
 def tuned_rerun(device, sweep: dict, deadline: float) -> dict | None:
     """Fused-kernel XL numbers with the sweep's best tiles (when not the table's)."""
-    from . import moe_triton as mt
+    from kernels import moe_triton as mt
 
     if any(f"best_{k}_index" not in sweep for k in ("mm", "dx", "grad")) or time.monotonic() > deadline:
         return None
@@ -225,10 +227,9 @@ def tuned_rerun(device, sweep: dict, deadline: float) -> dict | None:
     grad, split = mt.GradTiles(*gc[:5]), gc[5]
     if (repr(mm), repr(dx), repr(grad), split) == (sweep["default_mm"], sweep["default_dx"], sweep["default_grad"], None):
         return {"note": "table tiles were already the best swept", "goals": []}
-    shapes = [bench.Shape("XL", bench.SIZES["XL"], 256, routing=r) for r in bench.ROUTINGS]
-    with mt.override_tiles(mm=mm, dx=dx, grad=grad, split=split):
-        rec = bench.run_benchmarks(device=device, dtype=torch.bfloat16, shapes=shapes, out_dir=None,
-                                   providers=["triton_fused"], verbose=False, deadline=deadline)
+    rec = kb.run_benchmarks(device=device, dtype=torch.bfloat16, shapes=grid(("XL",), (256,)), out_dir="",
+                            providers=["triton_fused"], verbose=False, deadline=deadline,
+                            plan=mt.TilePlan(mm=mm, dx=dx, grad=grad, split=split))
     return {"mm": repr(mm), "dx": repr(dx), "grad": repr(grad), "split": split, "results": rec["results"]}
 
 
@@ -238,14 +239,14 @@ def _merge_tuned_goals(record: dict, tuned: dict | None) -> list[dict]:
         return []
     results = [r for r in record["results"] if r["provider"] != "triton_fused"] + tuned["results"]
     names = sorted({r["shape"] for r in tuned["results"]})
-    return bench.evaluate_goals({**record, "results": results}, shape_names=names)
+    return goals.evaluate_goals({**record, "results": results}, shape_names=names)
 
 
 def _compact_table(record: dict, correctness: list[dict], sweep: dict | None, tuned_goals: list[dict]) -> str:
     lines = ["", "=" * 30 + " SUMMARY " + "=" * 30]
-    hw = record.get("hardware", {})
-    lines.append(f"device: {hw.get('device')}  torch {hw.get('torch')}  triton {hw.get('triton')}  "
-                 f"cuda {hw.get('cuda')}  commit {record.get('git_commit')}")
+    hw, ver = record.get("hardware", {}), record.get("versions", {})
+    lines.append(f"device: {hw.get('name')}  torch {ver.get('torch')}  triton {ver.get('triton')}  "
+                 f"cuda {ver.get('cuda')}  commit {record.get('git_commit')}")
     by_dtype: dict[str, list[dict]] = {}
     for r in correctness:  # moe_linear rows by dtype, then moe_mask's
         by_dtype.setdefault(r["dtype"] if "op" not in r else f"{r['op']} {r['dtype']}", []).append(r)
@@ -273,11 +274,11 @@ def _compact_table(record: dict, correctness: list[dict], sweep: dict | None, tu
                          f"{r['tflops']:>8.1f} {pct:>6.1f} {'-' if extra is None else str(round(extra)):>8}")
     host = (record.get("host_overhead") or {}).get("rows", [])
     if host:
-        lines.append("\nhost time per fwd+bwd call vs do_bench (GPU idles when host > GPU):")
+        lines.append("\nhost time per fwd+bwd call vs the timer's (GPU idles when host > GPU):")
         for r in host:
-            bench_ms = "-" if r.get("do_bench_ms") is None else f"{1e3 * r['do_bench_ms']:.0f}"
+            timed = "-" if r.get("timed_ms") is None else f"{1e3 * r['timed_ms']:.0f}"
             lines.append(f"  {r['path']:<13} {r['shape']:<28} host {r['host_us_per_call']:7.0f} us  "
-                         f"wall {r['wall_us_per_call']:7.0f} us  do_bench {bench_ms:>6} us")
+                         f"wall {r['wall_us_per_call']:7.0f} us  timed {timed:>6} us")
     for key in ("whole_step", "step_variants"):
         for r in (record.get(key) or {}).get("rows", []):
             lines.append(f"step {r['method']}-{r['size']} {r.get('options') or ''} "
@@ -290,23 +291,23 @@ def _compact_table(record: dict, correctness: list[dict], sweep: dict | None, tu
         if "best_grad" in sweep:
             lines.append(f"sweep best grad tiles: {sweep['best_grad']}  (table: {sweep['default_grad']})")
     lines.append("")
-    lines.append(bench.format_goals(record.get("goals", [])) or "GOAL ? no goals evaluated")
+    lines.append(goals.format_goals(record.get("goals", [])) or "GOAL ? no goals evaluated")
     if record.get("step_goals"):
-        lines.append(bench.format_goals(record["step_goals"]))
+        lines.append(goals.format_goals(record["step_goals"]))
     if tuned_goals:
         lines.append("with the sweep's best tiles:")
-        lines.append(bench.format_goals(tuned_goals))
+        lines.append(goals.format_goals(tuned_goals))
     return "\n".join(lines)
 
 
-def write_record(record: dict, name: str, quiet: bool = False) -> None:
+def write_record(record: dict, device, what: str, quiet: bool = False) -> None:
     """Write a GPU record to $OUT (what comes back from a lent machine) and to results/kernels/;
     a failed write is printed, never fatal (the other copy and the printed summary remain)."""
     for out_dir in (os.environ.get("OUT"), "results/kernels"):
         if not out_dir:
             continue
         try:
-            path = bench.write_json_atomic(record, os.path.join(out_dir, name))
+            path = records.write_record(record, out_dir, device, what)
             if not quiet:
                 _log(f"wrote {path}")
         except Exception:
@@ -323,10 +324,10 @@ def _profiling(device) -> tuple:
 
 
 def host_overhead(device, calls: int = 40, shapes=None, dtype=torch.bfloat16, profile_calls: int = 20) -> dict:
-    """Host time per forward+backward call against the GPU time do_bench reports.
+    """Host time per forward+backward call against the time the shared timer reports.
 
     A call whose host time exceeds its GPU time leaves the GPU idle between
-    calls, so do_bench then measures the Python/dispatch path, not the kernels.
+    calls, so the timer then measures the Python/dispatch path, not the kernels.
     Compared: the fused op's eager path (autograd.Function), the same kernels
     through the torch.library custom op (the torch.compile path), and the
     dense nn.Linear reference; at XL/L=256 and B/L=64 (the smallest work).
@@ -334,17 +335,17 @@ def host_overhead(device, calls: int = 40, shapes=None, dtype=torch.bfloat16, pr
     """
     from torch.profiler import profile
 
-    from . import moe_triton as mt
+    from kernels import moe_triton as mt
 
-    paths = {"triton_fused": bench._moe_provider(bench._triton_fn),
-             "custom_op": bench._moe_provider(mt.moe_linear_fused),
-             "dense_linear": bench._build_dense}
+    paths = {"triton_fused": lambda inp: kb.build("triton_fused", inp),
+             "custom_op": lambda inp: kb.moe_call(mt.moe_linear_fused, inp),
+             "dense_linear": kb.dense_call}
     cuda = device.type == "cuda"
     sync, activities = _profiling(device)
-    shapes = shapes or [bench.Shape("XL", bench.SIZES["XL"], 256), bench.Shape("B", bench.SIZES["B"], 64)]
+    shapes = shapes or [Shape("XL", SIZES["XL"], 256), Shape("B", SIZES["B"], 64)]
     rows, tables = [], {}
     for shape in shapes:
-        inp = bench.make_inputs(shape, device, dtype)
+        inp = kb.make_inputs(shape, device, dtype)
         for name, build in paths.items():
             call, leaves, dy = build(inp)
 
@@ -363,7 +364,8 @@ def host_overhead(device, calls: int = 40, shapes=None, dtype=torch.bfloat16, pr
             wall = time.perf_counter() - t0
             row = {"shape": shape.name, "path": name, "host_us_per_call": 1e6 * host / calls,
                    "wall_us_per_call": 1e6 * wall / calls,
-                   "do_bench_ms": bench._time_cuda(fwd_bwd, leaves) if cuda else None}
+                   "timed_ms": measure(fwd_bwd, device, warmup=10, repeats=100, clear=leaves).median_ms
+                   if cuda else None}
             rows.append(row)
             _log(f"host overhead {row}")
             if name == "triton_fused" and shape is shapes[-1]:
@@ -380,11 +382,10 @@ def host_overhead(device, calls: int = 40, shapes=None, dtype=torch.bfloat16, pr
     return {"calls": calls, "rows": rows, "profiles": tables}
 
 
-def profile_steps(device, dtype, size: str = "XL", steps: int = 3, batch: int = bench.NUM_SAMPLES,
+def profile_steps(device, dtype, size: str = "XL", steps: int = 3, batch: int = 32,
                   input_size: int = 32) -> dict:
     """torch.profiler's top GPU kernels over a few whole steps of DiT and Switch-DiT: where the
     step-time gap between them goes (text tables, printed and kept in the record)."""
-    import methods as method_pkg
     from torch.profiler import profile
 
     cuda = device.type == "cuda"
@@ -392,7 +393,7 @@ def profile_steps(device, dtype, size: str = "XL", steps: int = 3, batch: int = 
     keys = ("self_device_time_total", "self_cuda_time_total") if cuda else ("self_cpu_time_total",)
     out = {}
     for method in ("dit", "switch_dit"):
-        step, params = bench.make_step(method_pkg, method, size, device, dtype, batch, input_size)
+        step, params = method_train_step(method, size, device, dtype, batch, input_size)
         step()
         sync()
         with profile(activities=activities) as prof:
@@ -416,7 +417,7 @@ def profile_steps(device, dtype, size: str = "XL", steps: int = 3, batch: int = 
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m kernels.gpu_check", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmark.speed.gpu_check", description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-s", type=float, default=280.0, help="stop optional work after this many seconds")
     parser.add_argument("--skip-sweep", action="store_true")
     args = parser.parse_args(argv)
@@ -436,16 +437,15 @@ def main(argv=None) -> int:
     except Exception:
         traceback.print_exc()
 
-    record: dict = {}
+    record = records.new_record("kernel_gpu_check", device)
     try:
         order = ["XL", "L", "B", "S"]
-        shapes = [bench.Shape(s, bench.SIZES[s], seq, routing=r)
-                  for s in order for seq in bench.SEQS for r in bench.ROUTINGS]
-        record = bench.run_benchmarks(device=device, dtype=torch.bfloat16, shapes=shapes, out_dir=None,
-                                      verbose=True, deadline=deadline(0.65))
+        bench = kb.run_benchmarks(device=device, dtype=torch.bfloat16, shapes=grid(order), out_dir="",
+                                  verbose=True, deadline=deadline(0.65))
+        record.update({k: v for k, v in bench.items() if k != "kind"})
     except Exception:
         traceback.print_exc()
-        record = {"results": [], "goals": [], "error": traceback.format_exc()}
+        record.update(results=[], goals=[], error=traceback.format_exc())
 
     if time.monotonic() < deadline(0.68):
         try:
@@ -457,9 +457,9 @@ def main(argv=None) -> int:
     if time.monotonic() < deadline(0.75):
         try:
             # The step goal is named at XL; DiT and Switch-DiT only, to fit the loan.
-            record["whole_step"] = bench.whole_step_benchmarks(device, torch.bfloat16, sizes=("XL",),
-                                                               methods=("dit", "switch_dit"))
-            record["step_goals"] = bench.step_goals(record["whole_step"])
+            record["whole_step"] = whole_step_benchmarks(device, torch.bfloat16, sizes=("XL",),
+                                                         methods=("dit", "switch_dit"))
+            record["step_goals"] = goals.step_goals(record["whole_step"])
             _log(f"whole step {record['whole_step']['rows']}")
         except Exception:
             traceback.print_exc()
@@ -467,7 +467,7 @@ def main(argv=None) -> int:
     # and the profiler's top kernels of both models.
     if time.monotonic() < deadline(0.8):
         try:
-            record["step_variants"] = bench.whole_step_benchmarks(
+            record["step_variants"] = whole_step_benchmarks(
                 device, torch.bfloat16, sizes=("XL",), methods=("switch_dit",),
                 options={"switch_dit": {"moe_backend": "torch"}})
             _log(f"step variants {record['step_variants']['rows']}")
@@ -489,7 +489,7 @@ def main(argv=None) -> int:
 
     record.update(kind="kernel_gpu_check", correctness=correctness, tile_sweep=sweep, tuned=tuned,
                   tuned_goals=tuned_goals, wall_s=time.monotonic() - start)
-    write_record(record, f"{bench.record_stem(device)}.json")
+    write_record(record, device, "gpu-check")
     print(_compact_table(record, correctness, sweep, tuned_goals), flush=True)
     ok = correctness and all(r.get("passed") for r in correctness)
     return 0 if ok else 1
