@@ -53,6 +53,11 @@ def resolve_checkpoint(cfg: DictConfig) -> Path:
     return final
 
 
+def training_finished(cfg: DictConfig) -> bool:
+    """The run already holds its checkpoint at ``train.iterations``."""
+    return ckpt_io.checkpoint_path(run_dir(cfg), int(cfg.train.iterations)).is_file()
+
+
 def sample_folder(cfg: DictConfig, ident: identity.CellIdentity | None = None) -> Path:
     if cfg.sample.out:
         return Path(str(cfg.sample.out))

@@ -13,7 +13,7 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 
-from benchmark.config import GROUPS, check_group_choices, compose, expand_sweep, group_options
+from benchmark.config import GROUPS, ConfigError, check_group_choices, compose, expand_sweep, group_options
 
 
 @dataclass(frozen=True)
@@ -174,6 +174,54 @@ def fail(message: str, code: int = 2) -> int:
 USER_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, PermissionError)
 
 
+CFG_FLAGS = ("--cfg", "-c")
+
+
+def _cfg_request(args: list[str]) -> tuple[str | None, list[str]]:
+    """(what ``--cfg``/``-c`` asks to print, the other arguments); (None, args) without the flag."""
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if flag in CFG_FLAGS:
+            if not eq:
+                value = args[i + 1] if i + 1 < len(args) else ""
+                rest = args[:i] + args[i + 2:]
+            else:
+                rest = args[:i] + args[i + 1:]
+            return value, rest
+    return None, args
+
+
+def print_config(name: str, verb: Verb, what: str, args: list[str]) -> int:
+    """``--cfg job``: the composed config of every cell the command would run (sweeps expanded)."""
+    if what != "job":
+        raise ConfigError(f"--cfg {what or '(nothing)'} is not supported; use --cfg job to print the composed config")
+    if name == "kernels":
+        from omegaconf import OmegaConf
+
+        from benchmark.speed.kernel_bench import parser as kernel_parser
+
+        print(OmegaConf.to_yaml(vars(kernel_parser().parse_args(args))), end="")
+        return 0
+    if verb.compose:
+        overrides = [a for a in _default_comparison(name, _expand_aliases(args)) if a != "-m"]
+    else:
+        from benchmark.launch.grid import split_args
+
+        overrides = split_args([a for a in args if a != "-m"])
+    flags = [a for a in overrides if a.startswith("-")]
+    if flags:
+        raise ConfigError(f"unexpected option {flags[0]!r} with --cfg job; pass overrides KEY=VALUE")
+    from omegaconf import OmegaConf
+
+    check_group_choices(overrides)
+    cells = expand_sweep(overrides)
+    for i, cell in enumerate(cells, start=1):
+        if len(cells) > 1:
+            print(f"# cell {i}/{len(cells)}: {' '.join(cell)}")
+        print(OmegaConf.to_yaml(compose(cell)), end="")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     verbs = _available_verbs()
@@ -187,6 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     if ("-h" in args or "--help" in args) and not verb.own_help:
         print(verb_help(name, verb))
         return 0
+    what, rest = _cfg_request(args)
+    if what is not None:
+        try:
+            return print_config(name, verb, what, rest)
+        except USER_ERRORS as exc:
+            return fail(str(exc))
     if not verb.compose:
         try:
             return int(_resolve(verb.target)(args) or 0)

@@ -60,27 +60,78 @@ def check_group_choices(overrides: Iterable[str]) -> None:
                 raise ConfigError(f"unknown {key} '{value}'; valid: {', '.join(valid)}")
 
 
-def compose(overrides: Iterable[str] = ()) -> DictConfig:
-    """Compose the root config with ``overrides`` (no sweeps) and validate it."""
+def _hydra_compose(overrides: list[str]) -> DictConfig:
+    """Hydra's compose of ``conf/config.yaml``; inside a running Hydra app, with its search path."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    if GlobalHydra.instance().is_initialized():
+        return hydra_compose(config_name="config", overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)
+
+
+def _override_keys(overrides: list[str]) -> list[tuple[str, bool]]:
+    """(dotted key, added with '+') of every override that sets a value (not a group choice)."""
+    from hydra.core.override_parser.types import OverrideType
+
+    out = []
+    for ov in _parser().parse_overrides(overrides):
+        key = ov.key_or_group.lstrip("/")
+        if key in GROUPS or key.split(".")[0] == "hydra" or ov.is_delete():
+            continue
+        out.append((key, ov.type in (OverrideType.ADD, OverrideType.FORCE_ADD)))
+    return out
+
+
+def _paths(tree, prefix: str = "") -> set[str]:
+    out = {prefix} if prefix else set()
+    if isinstance(tree, dict):
+        for key, value in tree.items():
+            out |= _paths(value, f"{prefix}.{key}" if prefix else str(key))
+    return out
+
+
+def _unknown_key(key: str, known: set[str]) -> ConfigError:
+    import difflib
+
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close else "; `python -m benchmark run --cfg job` lists the keys"
+    return ConfigError(f"unknown key {key}{hint}")
+
+
+def _known_keys(overrides: list[str]) -> set[str]:
+    """Every key the config has for these group choices (the groups chosen, no values set)."""
+    groups = [o for o in overrides if o.split("=")[0].lstrip("+~/") in GROUPS]
+    return _paths(OmegaConf.to_container(_hydra_compose(groups), resolve=False))
+
+
+def compose(overrides: Iterable[str] = ()) -> DictConfig:
+    """Compose the root config with ``overrides`` (no sweeps) and validate it.
+
+    A key the config does not have is refused, also when added with ``+`` (which Hydra would
+    accept and nothing would read), with the closest existing key suggested.
+    """
     overrides = list(overrides)
     check_group_choices(overrides)
-    was_initialized = GlobalHydra.instance().is_initialized()
-    if was_initialized:
-        # Composing inside a running Hydra app (e.g. a multirun job): reuse its search path.
+    try:
+        cfg = _hydra_compose(overrides)
+    except Exception as exc:  # hydra's errors are multi-line
         try:
-            cfg = hydra_compose(config_name="config", overrides=overrides)
-        except Exception as exc:  # hydra's errors are multi-line; keep the first line
+            known = _known_keys(overrides)
+        except Exception:  # the group choices themselves do not compose
             raise ConfigError(_first_line(exc)) from None
-    else:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            try:
-                cfg = hydra_compose(config_name="config", overrides=overrides)
-            except Exception as exc:
-                raise ConfigError(_first_line(exc)) from None
+        for key, _ in _override_keys(overrides):
+            if key not in known:
+                raise _unknown_key(key, known) from None
+        raise ConfigError(_first_line(exc)) from None
+    added = [key for key, plus in _override_keys(overrides) if plus]
+    if added:
+        known = _known_keys(overrides)
+        for key in added:
+            if key not in known:
+                raise _unknown_key(key, known)
     validate(cfg)
     return cfg
 
@@ -160,12 +211,16 @@ def latent_geometry(cfg: DictConfig) -> tuple[int, int]:
 
 def _check_resolution(cfg: DictConfig) -> None:
     size, patch = cfg.data.image_size, cfg.model.patch_size
-    down, _ = latent_geometry(cfg)
-    if size % (down * patch):
+    down, side = latent_geometry(cfg)
+    if size % down:
+        raise ConfigError(f"data.image_size={size} is not divisible by the autoencoder's downsampling {down}; "
+                          f"choose a multiple of {down}")
+    if side % patch:
         space = "pixel space (autoencoder=none)" if down == 1 else f"latent space ({down}x autoencoder)"
+        fits = [p for p in range(1, side + 1) if side % p == 0]
         raise ConfigError(
-            f"data.image_size={size} is not divisible by {down * patch} "
-            f"(patch {patch} in {space}); choose a multiple of {down * patch}"
+            f"model.patch_size={patch} does not divide the {side}x{side} input of {space} "
+            f"(data.image_size={size}); choose a patch size that divides {side}: {', '.join(map(str, fits))}"
         )
 
 

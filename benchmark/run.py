@@ -120,6 +120,8 @@ def main(cfg: DictConfig) -> Path | None:
     from benchmark.sample import sample
     from benchmark.train import train
 
+    from benchmark import preflight
+
     info = init_distributed()
     if info.is_main:
         cfg = cell.apply_overwrite(cfg, ("train", "sample", "evaluate"))
@@ -131,6 +133,8 @@ def main(cfg: DictConfig) -> Path | None:
         if info.is_main:
             print(f"finished: {path} (overwrite=true runs the cell again)")
         return path
+    if info.is_main and not cell.training_finished(cfg):
+        preflight.check(cfg, world_size=info.world_size, device=info.device, memory_bytes=_memory(cfg))
     train(cfg)
     sample_result = sample(cfg)
     if not info.is_main:
@@ -140,6 +144,11 @@ def main(cfg: DictConfig) -> Path | None:
     print(f"record: {path}")
     print(f"report: {Path(cfg.paths.reports) / 'README.md'}")
     return path
+
+
+def _memory(cfg: DictConfig) -> int | None:
+    gb = (cfg.get("preflight") or {}).get("device_memory_gb")
+    return None if gb is None else int(float(gb) * 1024 ** 3)
 
 
 def report_main(cfg: DictConfig) -> list[Path]:

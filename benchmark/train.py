@@ -441,9 +441,14 @@ def _progress(cfg, info: DistInfo, start: int, total: int):
 
 
 def main(cfg: DictConfig) -> TrainResult:
+    from benchmark import preflight
+    from benchmark.run import _memory
+
     info = init_distributed()
     if info.is_main:
         cfg = cell.apply_overwrite(cfg, ("train",))
+        if not cell.training_finished(cfg):
+            preflight.check(cfg, world_size=info.world_size, device=info.device, memory_bytes=_memory(cfg))
     barrier()
     result = train(cell.with_values(cfg, overwrite=False))
     if math.isfinite(result.final_loss or 0.0):

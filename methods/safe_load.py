@@ -42,6 +42,13 @@ def _allow(globals_: list[Any]):
         yield
 
 
+def _looks_like_torch_file(path: pathlib.Path) -> bool:
+    """torch.save writes a zip archive (or, legacy, a pickle: protocol 2+ starts with 0x80)."""
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    return head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"
+
+
 def safe_torch_load(path: str | pathlib.Path) -> Any:
     """Load a ``.pt``/``.pth``/``.safetensors`` file onto the CPU without executing pickled code."""
     path = pathlib.Path(path)
@@ -51,6 +58,9 @@ def safe_torch_load(path: str | pathlib.Path) -> Any:
         from safetensors.torch import load_file
 
         return load_file(str(path), device="cpu")
+    if not _looks_like_torch_file(path):
+        raise ValueError(f"{path} is not a PyTorch checkpoint (neither a torch.save zip archive nor a pickle); "
+                         "pass a .pt/.pth file written by torch.save, or a .safetensors file")
     try:
         with _allow(_allowed_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -21,6 +21,8 @@ EXCLUDED = {
     "train.progress", "train.log_every", "train.ckpt_every", "train.resume", "train.latent_batch_size",
     "train.compile", "train.grad_checkpointing", "sample.out", "sample.ckpt",
     "eval.samples", "eval.batch_size", "eval.metrics", "eval.bootstrap_resamples", "eval.bootstrap_seed",
+    "preflight.enabled", "preflight.warn_eta_hours", "preflight.timed_steps", "preflight.max_timing_s",
+    "preflight.device_memory_gb",
 }
 MUST_TRAIN = {"method.name", "method.options.num_experts", "method.options.top_k", "method.options.w_jsd",
               "size.name", "model.patch_size", "model.class_dropout_prob", "data.name", "data.image_size",
@@ -59,7 +61,9 @@ def test_every_key_is_in_an_identity_or_deliberately_out(overrides):
     assert MUST_EVAL & keys <= sample | evals
     out = {k for k in keys if k not in included}
     assert out == EXCLUDED & keys, sorted(out ^ (EXCLUDED & keys))
-    assert identity.NOT_IDENTITY >= EXCLUDED - {"paths.runs", "paths.results", "paths.reports", "paths.cache"}
+    sections = {k.split(".")[0] for k in EXCLUDED}
+    assert identity.NOT_IDENTITY >= {k for k in EXCLUDED if k.split(".")[0] not in ("paths", "preflight")} | \
+        (sections & {"paths", "preflight"})
 
 
 NEUTRAL = ["train.log_every=7", "train.ckpt_every=3", "paths.runs=/elsewhere", "train.progress=false",

@@ -11,6 +11,19 @@ REPO = Path(__file__).resolve().parent.parent
 PUBLISHED = REPO / "results" / "published"
 
 
+def table_rows(markdown):
+    """Cells of the first markdown table's body rows."""
+    rows, started = [], False
+    for line in markdown.splitlines():
+        if line.startswith("|"):
+            if started and not line.startswith("|:") and not line.startswith("|-"):
+                rows.append([c.strip() for c in line.strip("|").split("|")])
+            started = True
+        elif started:
+            break
+    return rows
+
+
 @pytest.fixture
 def results_dir(tmp_path):
     res = tmp_path / "results"

@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 from typing import Mapping, Sequence
 
+from benchmark import cell as cell_paths
 from benchmark.config import ConfigError
 from benchmark.launch.backends import backend_for
 from benchmark.launch.grid import Cell, build_grid, split_args
@@ -133,8 +134,6 @@ def _set_aside(cells: Sequence[Cell], stages: Sequence[str]) -> list[Cell]:
     (a requeued job must never move its own progress aside)."""
     from dataclasses import replace
 
-    from benchmark import cell as cell_paths
-
     out = []
     for c in cells:
         if not c.config.get("overwrite"):
@@ -143,6 +142,32 @@ def _set_aside(cells: Sequence[Cell], stages: Sequence[str]) -> list[Cell]:
         cfg = cell_paths.apply_overwrite(c.cfg, tuple(stages))
         out.append(replace(c, config={**c.config, "overwrite": bool(cfg.overwrite)}))
     return out
+
+
+def _preflight(c: Cell, launcher: Mapping, say) -> None:
+    """The training preflight of one cell, judged against the devices it will get (benchmark.preflight)."""
+    import io
+
+    import torch
+
+    from benchmark import preflight
+
+    cfg = c.cfg
+    if launcher["name"] == "slurm":
+        slurm, train = launcher["slurm"], launcher["stages"]["train"]
+        gpus = int(train.get("gpus_per_node") or slurm.get("gpus_per_node") or 0)
+        world = max(gpus, 1) * int(train.get("nodes") or 1)
+        device = torch.device("cuda" if gpus else "cpu")
+        gb = cfg.preflight.get("device_memory_gb") or (slurm.get("gpu_memory_gb") if gpus else None)
+        sec = train.get("sec_per_step") or measured_sec_per_step(c.run_dir)
+        timed = False
+    else:
+        world, device, gb, sec, timed = 1, None, cfg.preflight.get("device_memory_gb"), None, True
+    out = io.StringIO()
+    preflight.check(cfg, world_size=world, device=device, memory_bytes=None if gb is None else int(float(gb) * 1024 ** 3),
+                    sec_per_step=sec, time_steps=timed, out=out)
+    for line in out.getvalue().splitlines():
+        say(line)
 
 
 def submit_grid(args: Sequence[str], stages: Sequence[str] = STAGE_ORDER, quiet: bool = False) -> dict | None:
@@ -160,6 +185,9 @@ def submit_grid(args: Sequence[str], stages: Sequence[str] = STAGE_ORDER, quiet:
         say(f"nothing to submit: all {len(cells)} cells are finished or queued")
         return None
     notes = check_time_limits(todo, launcher)
+    for c in todo:
+        if not cell_paths.training_finished(c.cfg):
+            _preflight(c, launcher, say)
     manifest = new_submission(cells[0].config["paths"]["runs"], launcher["name"], list(args), os.getcwd())
     backend.check(todo, launcher, Path(manifest["logs"]), stages)
     todo = _set_aside(todo, stages)
