@@ -39,6 +39,11 @@ def test_local_grid_failure_resubmit_and_skip(tmp_path, capsys):
     assert "eval.reference" in log.read_text()            # the traceback names the bad key
     (status,) = grid_statuses(args)[0]
     assert (status.state, status.stage, status.log) == ("failed", "evaluate", str(log))
+    capsys.readouterr()
+    assert cli.main(["status", *args]) == 0
+    shown = capsys.readouterr().out.splitlines()[-1]      # the failing cell's own error, not just its log
+    assert shown.startswith(f"{cell['key']} failed at evaluate: FileNotFoundError: eval.reference=") and \
+        "missing.npz" in shown
 
     run_dir = Path(cell["run_dir"])
     pngs = {p.name: p.stat().st_mtime_ns for p in (run_dir / "samples").glob("*/*.png")}

@@ -108,3 +108,15 @@ def test_an_unreadable_manifest_is_named(tmp_path):
 def test_status_of_a_runs_folder_with_no_submission_says_so(tmp_path):
     statuses, note = grid_statuses([f"paths.runs={tmp_path}/runs", f"paths.results={tmp_path}/res"])
     assert statuses == [] and note == f"nothing was submitted under {tmp_path}/runs yet"
+
+
+def test_the_last_error_line_of_a_log(tmp_path):
+    from benchmark.launch.status import last_error
+
+    log = tmp_path / "x.err"
+    log.write_text("INFO start\nTraceback (most recent call last):\n  File \"a.py\", line 1\n"
+                   "benchmark.config.ConfigError: data.path=/nope does not exist; pass an existing image folder\n"
+                   "srun: error: node1: task 0: Exited with exit code 1\n")
+    assert last_error(log) == "benchmark.config.ConfigError: data.path=/nope does not exist; pass an existing image folder"
+    log.write_text("all fine\n")
+    assert last_error(log) is None and last_error(tmp_path / "absent") is None

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -155,11 +156,31 @@ def summary_line(statuses: list[CellStatus]) -> str:
     return f"{len(statuses)} cells: " + ", ".join(f"{counts[k]} {k}" for k in order if k in counts)
 
 
+_ERROR_LINE = re.compile(r"^(?:[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Refused|Unavailable)|error)\b:?.*")
+
+
+def last_error(log: str | os.PathLike, tail_bytes: int = 1 << 16) -> str | None:
+    """The last exception (or ``error:``) line of a stage's log, e.g. ``ValueError: data.path=... does not exist``."""
+    try:
+        with open(log, "rb") as fh:
+            fh.seek(max(0, os.path.getsize(log) - tail_bytes))
+            lines = fh.read().decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if _ERROR_LINE.match(line.strip()):
+            return line.strip()[:300]
+    return None
+
+
 def main(args: list[str]) -> int:
     statuses, note = grid_statuses(args)
     if statuses:
         print(format_table(statuses))
         print(summary_line(statuses))
+        for s in statuses:
+            if s.state == "failed" and s.log:
+                print(f"{s.key} failed at {s.stage}: {last_error(s.log) or 'no error line in its log'}")
     if note:
         print(note)
     return 0
