@@ -18,6 +18,22 @@ from conf import CONF_DIR
 GROUPS = ("method", "size", "data", "autoencoder", "loss_weight", "launcher")
 
 
+def _class_count(classes, fallback):
+    """``${class_count:${data.classes},FALLBACK}``: a subset's size, else FALLBACK (a number, or a
+    folder whose class subfolders are counted, 0 for a flat folder)."""
+    from benchmark.data.imagefolder import count_classes
+
+    if classes is not None:
+        return count_classes(None, classes if isinstance(classes, int) else list(classes))
+    if isinstance(fallback, int):
+        return fallback
+    return count_classes(str(fallback) if fallback else None)
+
+
+if not OmegaConf.has_resolver("class_count"):
+    OmegaConf.register_new_resolver("class_count", _class_count)
+
+
 class ConfigError(ValueError):
     """An invalid configuration value; the message names the key and what is valid."""
 

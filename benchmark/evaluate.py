@@ -26,9 +26,9 @@ def reference_for(cfg: DictConfig, dataset=None):
             raise FileNotFoundError(f"eval.reference={path} does not exist; pass an ADM reference batch .npz")
         return path
     if dataset is None:
-        from benchmark.data import build_dataset
+        from benchmark.data import from_config
 
-        dataset = build_dataset(cfg.data.dataset, path=cfg.data.path, image_size=cfg.data.image_size)
+        dataset = from_config(cfg.data)
     limit = cfg.eval.get("reference_max_images")
     if limit is None or int(limit) >= len(dataset):
         return DatasetReference(key=dataset.key, images=dataset.images_uint8, image_size=dataset.image_size)

@@ -69,10 +69,10 @@ def claim_run_folder(cfg: DictConfig, run_dir: Path) -> None:
 
 def build_data(cfg: DictConfig, info: DistInfo):
     """Dataset, autoencoder and the cached latents (extracted once, DDP-parallel)."""
-    from benchmark.data import build_dataset
+    from benchmark.data import from_config
     from benchmark.data.latents import extract_latents
 
-    dataset = build_dataset(cfg.data.dataset, path=cfg.data.path, image_size=cfg.data.image_size)
+    dataset = from_config(cfg.data)
     ae = make_autoencoder(cfg, image_channels=dataset.channels, device=info.device)
     latents = extract_latents(dataset, ae, Path(cfg.paths.cache) / "latents",
                               batch_size=cfg.train.latent_batch_size, device=info.device,

@@ -11,12 +11,12 @@ from .base import ImageDataset
 from .digits import DigitsDataset
 from .imagefolder import IMG_EXTENSIONS, ImageFolderDataset, ImageFolderError, UnreadableImageError
 from .latents import LatentSet, extract_latents, load_latents
-from .registry import DATASETS, build_dataset
+from .registry import DATASETS, build_dataset, from_config
 from .sampler import indices_for_step, steps_per_epoch
 from .transforms import center_crop_arr
 
 __all__ = [
     "DATASETS", "IMG_EXTENSIONS", "DigitsDataset", "ImageDataset", "ImageFolderDataset", "ImageFolderError",
     "LatentSet", "UnreadableImageError", "build_dataset", "center_crop_arr", "extract_latents",
-    "indices_for_step", "load_latents", "steps_per_epoch",
+    "from_config", "indices_for_step", "load_latents", "steps_per_epoch",
 ]

@@ -42,8 +42,42 @@ def _walk_images(folder: str) -> list[str]:
     return sorted(found)
 
 
-def scan_image_folder(path: str, class_folders="auto") -> tuple[list[str], np.ndarray, list[str]]:
-    """(files, labels, class_names) for `path`; class_names is [] in unconditional mode."""
+def select_classes(names: list[str], classes, path: str) -> list[str]:
+    """The class folders to keep: all (None), the first N in sorted order (an int), or the named ones."""
+    if classes is None:
+        return names
+    if isinstance(classes, int) and not isinstance(classes, bool):
+        if not 1 <= classes <= len(names):
+            raise ImageFolderError(f"imagefolder: data.classes={classes} but '{path}' has {len(names)} class folders; "
+                                   f"choose 1..{len(names)} or a list of folder names")
+        return names[:classes]
+    wanted = sorted(str(c) for c in classes)
+    missing = [c for c in wanted if c not in set(names)]
+    if missing or not wanted:
+        raise ImageFolderError(f"imagefolder: data.classes names folders that '{path}' does not have: "
+                               f"{', '.join(missing[:5]) or '(none given)'}; e.g. {', '.join(names[:3])}")
+    return wanted
+
+
+def count_classes(path, classes=None) -> int:
+    """How many classes a folder gives, without reading any image: 0 for a flat folder (or none there)."""
+    if classes is not None:
+        return classes if isinstance(classes, int) else len(classes)
+    if not path or not os.path.isdir(path):
+        return 0
+    entries = list(os.scandir(path))
+    subdirs = [e for e in entries if e.is_dir()]
+    if any(e.is_file() and _is_image(e.name) for e in entries):
+        return 0
+    return len(subdirs)
+
+
+def scan_image_folder(path: str, class_folders="auto", classes=None) -> tuple[list[str], np.ndarray, list[str]]:
+    """(files, labels, class_names) for `path`; class_names is [] in unconditional mode.
+
+    ``classes`` keeps a subset of the class folders (see ``select_classes``); labels are their
+    positions in sorted order.
+    """
     if class_folders not in CLASS_FOLDER_MODES:
         raise ImageFolderError(f"imagefolder: class_folders={class_folders!r} is invalid; valid: {CLASS_FOLDER_MODES}")
     if not path:
@@ -64,6 +98,7 @@ def scan_image_folder(path: str, class_folders="auto") -> tuple[list[str], np.nd
             raise ImageFolderError(f"imagefolder: no images with extensions {IMG_EXTENSIONS} found under '{path}'")
         return files, np.zeros(len(files), dtype=np.int64), []
 
+    subdirs = select_classes(subdirs, classes, path)
     files, labels = [], []
     for label, name in enumerate(subdirs):
         class_files = _walk_images(os.path.join(path, name))
@@ -108,12 +143,13 @@ class ImageFolderDataset(ImageDataset):
     """Center-cropped RGB images from a folder; see the module docstring for the two layouts."""
 
     def __init__(self, *, path: str | None, image_size: int, class_folders="auto", num_classes: int | None = None,
-                 random_flip: bool = False, name: str = "imagefolder"):
-        files, labels, classes = scan_image_folder(path, class_folders)
+                 classes=None, random_flip: bool = False, name: str = "imagefolder"):
+        files, labels, classes = scan_image_folder(path, class_folders, classes)
         found = len(classes)
         if num_classes is not None and int(num_classes) != found:
-            raise ImageFolderError(f"imagefolder: expected num_classes={num_classes} but '{path}' has {found} class "
-                                   f"folders" + (" (unconditional layout)" if found == 0 else ""))
+            raise ImageFolderError(f"imagefolder: data.num_classes={num_classes} but '{path}' gives {found} class "
+                                   f"folders" + (" (unconditional layout)" if found == 0 else "") +
+                                   "; set data.num_classes to match, or data.classes=N for the first N classes")
         if not isinstance(image_size, int) or image_size < 1:
             raise ValueError(f"imagefolder: image_size must be a positive int, got {image_size!r}")
         self.root = os.path.abspath(path)
