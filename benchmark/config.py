@@ -184,6 +184,7 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("train.log_every", _positive_int, "a positive integer"),
     ("train.precision", lambda v: v in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
     ("sample.sampler", lambda v: v in ("ddpm", "ddim"), "ddpm or ddim"),
+    ("sample.precision", lambda v: v in ("fp32", "tf32", "fp16", "bf16"), "fp32, tf32, fp16 or bf16"),
     ("sample.eta", lambda v: float(v) >= 0, "a non-negative number"),
     ("sample.num_samples", _positive_int, "a positive integer"),
     ("sample.per_proc_batch_size", _positive_int, "a positive integer"),

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,19 @@ def _claim_folder(folder: Path, manifest: dict) -> None:
         atomic_write_json(path, manifest)
 
 
+# sample.precision -> autocast dtype of the sampling loop and the decoder (the official Switch-DiT
+# sampler runs both under fp16 autocast; DiT's in fp32).
+# tf32: float32 with TF32 matrix products on GPUs that have them (DiT's sampler default).
+AUTOCAST = {"fp32": None, "tf32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def _autocast(precision: str, device: torch.device):
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
+    dtype = AUTOCAST[precision]
+    return nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
 @torch.no_grad()
 def sample(cfg: DictConfig) -> SampleResult:
     from benchmark.autoencoder import to_uint8
@@ -164,11 +178,13 @@ def sample(cfg: DictConfig) -> SampleResult:
         noise_gen = torch.Generator(device=device).manual_seed(cfg.seed * 1_000_003 + b + 7919)
         run = ddim_sample if cfg.sample.sampler == "ddim" else ddpm_sample
         extra = {"eta": float(cfg.sample.eta)} if cfg.sample.sampler == "ddim" else {}
-        out = run(fn, diffusion, tuple(z.shape), noise=z, generator=noise_gen, model_kwargs=kwargs,
-                  clip_denoised=cfg.sample.clip_denoised, **extra)
-        if use_cfg:
-            out = out[:m]
-        images = to_uint8(ae.decode(out)).permute(0, 2, 3, 1).cpu().numpy()
+        with _autocast(cfg.sample.get("precision", "fp32"), device):
+            out = run(fn, diffusion, tuple(z.shape), noise=z, generator=noise_gen, model_kwargs=kwargs,
+                      clip_denoised=cfg.sample.clip_denoised, **extra)
+            if use_cfg:
+                out = out[:m]
+            decoded = ae.decode(out)
+        images = to_uint8(decoded.float()).permute(0, 2, 3, 1).cpu().numpy()
         # Labels first: a batch counts as done only once its last PNG exists.
         np.save(folder / f".labels_{b:06d}.npy", y.cpu().numpy())
         for i, img in enumerate(images):
