@@ -3,8 +3,9 @@
 - `none`: pixel space (identity), as used for the embedded digits dataset.
 - `sd-vae`: the Stable Diffusion KL autoencoder (Rombach et al. 2022, arXiv 2112.10752) that DiT
   (arXiv 2212.09748) uses: 8x downsampling, 4 latent channels, latents = posterior sample * 0.18215,
-  images = decode(latents / 0.18215). Weights are `stabilityai/sd-vae-ft-{ema,mse}` loaded by diffusers'
-  `AutoencoderKL.from_pretrained` from a local folder (`path=`) or the Hugging Face hub.
+  images = decode(latents / 0.18215); `posterior` gives the scaled mean and std the samples are drawn
+  from. Weights are `stabilityai/sd-vae-ft-{ema,mse}` loaded by diffusers' `AutoencoderKL.from_pretrained`
+  from a local folder (`path=`) or the Hugging Face hub.
 
 `to_uint8` / `from_uint8` are DiT's conversions: training reads images with ToTensor + Normalize(0.5, 0.5),
 i.e. x = u / 127.5 - 1; sampling writes `clamp(127.5 * x + 128, 0, 255)` cast (truncated) to uint8, which
@@ -56,6 +57,10 @@ class Autoencoder:
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of the scaled latent posterior, so that a latent sample is mean + std * N(0, I)."""
+        raise NotImplementedError(f"autoencoder {self.name!r} has no latent posterior; it encodes deterministically")
 
     def latent_shape(self, image_size: int) -> tuple[int, int, int]:
         if image_size % self.downsample:
@@ -149,6 +154,13 @@ class SDVAE(Autoencoder):
         else:
             z = posterior.sample(generator=generator)
         return z * self.scale
+
+    @torch.no_grad()
+    def posterior(self, x):
+        """(scale * mean, scale * std) of the diagonal Gaussian q(z | x), as DiT's training draws from it."""
+        self._check_images(x)
+        posterior = self.module.encode(x.to(self.device, self.dtype)).latent_dist
+        return posterior.mean * self.scale, posterior.std * self.scale
 
     @torch.no_grad()
     def decode(self, z):

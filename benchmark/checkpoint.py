@@ -1,8 +1,9 @@
 """Training checkpoints: written atomically, read back with ``weights_only=True``.
 
 A checkpoint is a plain dict of tensors, numbers and strings (format
-``dit-router-bench/1``): model and EMA state dicts, optimizer state, extra trainer
-state (e.g. uncertainty-weighting parameters), step, the composed config as a plain
+``dit-router-bench/1``): model and EMA state dicts, optimizer state, the fp16 GradScaler's
+state (``scaler``, fp16 runs only), extra trainer state (e.g. uncertainty-weighting
+parameters), step, the composed config as a plain
 container, the model's build arguments, and every RNG state the trainer draws from,
 so that ``train.resume=latest`` continues exactly where an uninterrupted run would be.
 """
@@ -79,10 +80,13 @@ def atomic_torch_save(obj, path: Path) -> Path:
 
 
 def save_checkpoint(path: Path, *, model, ema, optimizer, step: int, config: dict, build: dict,
-                    extra: dict | None = None) -> Path:
-    """The trainer's checkpoint: `methods.make_checkpoint` plus optimizer, extra and RNG state."""
+                    extra: dict | None = None, scaler=None) -> Path:
+    """The trainer's checkpoint: `methods.make_checkpoint` plus optimizer, extra and RNG state, and
+    the state of an enabled `torch.amp.GradScaler` (its scale and growth tracker: plain numbers)."""
     payload = make_checkpoint(model, ema=ema, step=step, config=config, opt=optimizer.state_dict(),
                               rng=rng_state(), extra=extra, build=build)
+    if scaler is not None and scaler.is_enabled():
+        payload["scaler"] = scaler.state_dict()
     return atomic_torch_save(payload, path)
 
 

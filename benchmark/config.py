@@ -182,7 +182,8 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("train.ema_decay", lambda v: 0.0 <= float(v) < 1.0, "a number in [0, 1)"),
     ("train.ckpt_every", _positive_int, "a positive integer"),
     ("train.log_every", _positive_int, "a positive integer"),
-    ("train.precision", lambda v: v in ("auto", "fp32", "bf16"), "auto, fp32 or bf16"),
+    ("train.precision", lambda v: v in ("auto", "fp32", "bf16", "fp16"),
+     "auto, fp32, bf16 or fp16 (fp16 autocast with a GradScaler)"),
     ("sample.sampler", lambda v: v in ("ddpm", "ddim"), "ddpm or ddim"),
     ("sample.precision", lambda v: v in ("fp32", "tf32", "fp16", "bf16"), "fp32, tf32, fp16 or bf16"),
     ("sample.eta", lambda v: float(v) >= 0, "a non-negative number"),
@@ -190,6 +191,9 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("sample.per_proc_batch_size", _positive_int, "a positive integer"),
     ("eval.batch_size", _positive_int, "a positive integer"),
     ("data.image_size", _positive_int, "a positive integer"),
+    ("data.latents", lambda v: v in ("sample_once", "posterior"),
+     "sample_once (one cached posterior sample per image) or posterior (a fresh sample every step)"),
+    ("data.latent_dtype", lambda v: v in ("float32", "float16"), "float32 or float16 (the latent cache's storage)"),
 ]
 
 

@@ -4,11 +4,19 @@ AdamW (lr 1e-4, no weight decay), EMA of the weights (0.9999), uniform timesteps
 stratified ones for uncertainty weighting), the hybrid loss of improved DDPM
 (ε-MSE + VLB on a frozen mean), optional loss weights, plus whatever auxiliary loss
 the method's model returns from ``forward(..., return_aux=True)``. Latents are
-extracted once per dataset before the first step, so training never runs the encoder.
+extracted once per dataset before the first step, so training never runs the encoder;
+with ``data.latents=posterior`` each step draws a fresh sample from the cached posterior.
+
+Precision (``train.precision``): fp32; bf16 autocast; fp16 autocast with a GradScaler
+(the official DTR / Switch-DiT recipe: ``torch.cuda.amp`` autocast and GradScaler); auto =
+bf16 on CUDA, fp32 elsewhere. With the scaler, gradients are unscaled before clipping, a
+step with inf/nan gradients is skipped while the scale backs off, and the EMA is updated
+after every step, skipped or not, as the official train.py calls update_ema right after
+``scaler.step`` (after a skipped step it moves toward the unchanged weights).
 
 Determinism: every step reseeds the global RNG from (seed, step, rank) and draws its
 batch indices from (seed, epoch), so a run stopped at step N and resumed gives the
-same weights as one that never stopped.
+same weights as one that never stopped; the checkpoint carries the scaler's state.
 """
 from __future__ import annotations
 
@@ -77,8 +85,20 @@ def build_data(cfg: DictConfig, info: DistInfo):
     latents = extract_latents(dataset, ae, Path(cfg.paths.cache) / "latents",
                               batch_size=cfg.train.latent_batch_size, device=info.device,
                               rank=info.rank, world_size=info.world_size, flips=bool(cfg.data.flip),
-                              seed=int(cfg.seed), progress=info.is_main)
+                              seed=int(cfg.seed), progress=info.is_main, mode=cfg.data.latents,
+                              dtype=cfg.data.latent_dtype)
     return dataset, ae, latents
+
+
+def step_batch(latents, step: int, per_rank: int, seed: int, info: DistInfo, device):
+    """This rank's (latents, labels) at ``step``, after reseeding the global RNG from (seed, step, rank).
+
+    Rows come from the (seed, epoch) permutation; a posterior cache draws its fresh sample from the
+    reseeded RNG of ``device``, so a resumed run draws the same one.
+    """
+    torch.manual_seed(_step_seed(seed, step, info.rank, info.world_size))
+    idx = latents.indices_for_step(step, per_rank, seed=seed, rank=info.rank, world_size=info.world_size)
+    return latents.draw(idx, device), latents.labels[idx].to(device, non_blocking=True)
 
 
 def make_autoencoder(cfg: DictConfig, *, image_channels: int, device):
@@ -140,12 +160,45 @@ class LossWeighting:
         return self.uw(per_sample, t) if self.uw is not None else per_sample.mean()
 
 
-def _autocast(cfg: DictConfig, device: torch.device):
-    precision = cfg.train.precision
-    use_bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
-    if not use_bf16:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+# train.precision -> (autocast dtype or None for none, whether a GradScaler scales the loss)
+PRECISIONS = {
+    "fp32": (None, False),
+    "bf16": (torch.bfloat16, False),
+    "fp16": (torch.float16, True),   # fp16's narrow range underflows small gradients without scaling
+}
+AUTO_PRECISION = {"cuda": "bf16"}    # device type -> what train.precision=auto means there; else fp32
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``train.precision`` with ``auto`` replaced by this device's choice."""
+    if precision == "auto":
+        return AUTO_PRECISION.get(device.type, "fp32")
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision={precision!r} is invalid; valid: auto, {', '.join(PRECISIONS)}")
+    return precision
+
+
+def _autocast(precision: str, device: torch.device):
+    dtype = PRECISIONS[precision][0]
+    return nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def make_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler:
+    """A GradScaler with torch's defaults (initial scale 2**16) for fp16; a disabled pass-through otherwise."""
+    return torch.amp.GradScaler(device.type, enabled=PRECISIONS[precision][1])
+
+
+def apply_gradients(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, params, max_grad_norm) -> None:
+    """Clip and step on gradients that ``scaler.scale(loss).backward()`` left.
+
+    Clipping sees the true gradients (unscaled first). With an enabled scaler a step whose
+    gradients hold inf/nan is skipped and the scale shrinks; a disabled one just steps.
+    """
+    if max_grad_norm:
+        scaler.unscale_(opt)
+        torch.nn.utils.clip_grad_norm_(params, float(max_grad_norm))
+    scaler.step(opt)
+    scaler.update()
 
 
 def _resume_path(cfg: DictConfig, run_dir: Path) -> Path | None:
@@ -247,6 +300,8 @@ def train(cfg: DictConfig) -> TrainResult:
         groups.append({"params": list(weighting.uw.parameters()), "lr": float(cfg.loss_weight.lr)})
     opt = torch.optim.AdamW(groups, lr=float(cfg.train.lr), weight_decay=float(cfg.train.weight_decay),
                             betas=tuple(cfg.train.adam_betas))
+    precision = resolve_precision(cfg.train.precision, device)
+    scaler = make_scaler(precision, device)
 
     start_step, wall_before = 0, 0.0
     if payload is not None:
@@ -256,6 +311,12 @@ def train(cfg: DictConfig) -> TrainResult:
         opt.load_state_dict(payload["opt"])
         if weighting.uw is not None and "uw" in payload.get("extra", {}):
             weighting.uw.load_state_dict(payload["extra"]["uw"])
+        if scaler.is_enabled():
+            if "scaler" in payload:
+                scaler.load_state_dict(payload["scaler"])
+            elif info.is_main:
+                log.warning("checkpoint %s holds no GradScaler state (not an fp16 run); starting a new scale",
+                            resume_from)
         start_step = int(payload["step"])
         ckpt_io.set_rng_state(payload["rng"])
         if info.is_main:
@@ -276,7 +337,7 @@ def train(cfg: DictConfig) -> TrainResult:
 
     def save(step: int) -> Path:
         wall = wall_before + time.time() - loop_started
-        return _save(cfg, info, run_dir, step, model, ema, opt, weighting, config_container, build,
+        return _save(cfg, info, run_dir, step, model, ema, opt, scaler, weighting, config_container, build,
                      {"train_wall_s": wall, "devices": info.world_size, "device_type": device.type})
 
     window = _Window()
@@ -289,11 +350,7 @@ def train(cfg: DictConfig) -> TrainResult:
             # A scheduler asked us to stop: save this step boundary, then let its handler requeue.
             last_ckpt = save(step)
             preempt.complete()
-        torch.manual_seed(_step_seed(cfg.seed, step, info.rank, info.world_size))
-        idx = latents.indices_for_step(step, per_rank, seed=cfg.seed, rank=info.rank,
-                                       world_size=info.world_size)
-        x = latents.latents[idx].to(device, non_blocking=True)
-        y = latents.labels[idx].to(device, non_blocking=True)
+        x, y = step_batch(latents, step, per_rank, cfg.seed, info, device)
         t = weighting.sample_timesteps(x.shape[0], num_timesteps, device)
         aux: dict[str, torch.Tensor] = {}
 
@@ -302,7 +359,7 @@ def train(cfg: DictConfig) -> TrainResult:
             aux.update(extra)
             return out
 
-        with _autocast(cfg, device):
+        with _autocast(precision, device):
             terms = diffusion.training_losses(model_fn, x, t, model_kwargs={"y": y},
                                               mse_weight=weighting.mse_weight(t))
             diffusion_loss = weighting.reduce(terms["loss"].float(), t)
@@ -310,14 +367,12 @@ def train(cfg: DictConfig) -> TrainResult:
             for value in aux.values():
                 loss = loss + value.float()
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if weighting.uw is not None and info.world_size > 1:
-            for p in weighting.uw.parameters():
+            for p in weighting.uw.parameters():  # the mean of scaled gradients is the scaled mean
                 dist.all_reduce(p.grad)
                 p.grad /= info.world_size
-        if cfg.train.max_grad_norm:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), float(cfg.train.max_grad_norm))
-        opt.step()
+        apply_gradients(opt, scaler, model.parameters(), cfg.train.max_grad_norm)
         update_ema(ema, model, float(cfg.train.ema_decay))
 
         window.add(diffusion_loss.detach(), loss.detach(), aux)
@@ -326,6 +381,8 @@ def train(cfg: DictConfig) -> TrainResult:
             row = window.row(done, info, device)
             last_loss, sps = row["loss"], row["steps_per_sec"]
             if info.is_main:
+                if scaler.is_enabled():
+                    row["grad_scale"] = scaler.get_scale()
                 _append_jsonl(metrics_log, row)
         if bar is not None:
             bar.update(1)
@@ -414,14 +471,14 @@ def _stop_requested(info: DistInfo, device) -> bool:
     return flag
 
 
-def _save(cfg, info: DistInfo, run_dir: Path, step: int, model, ema, opt, weighting, config, build,
+def _save(cfg, info: DistInfo, run_dir: Path, step: int, model, ema, opt, scaler, weighting, config, build,
           bookkeeping: dict) -> Path:
     path = ckpt_io.checkpoint_path(run_dir, step)
     if info.is_main:
         extra = {"uw": weighting.uw.state_dict()} if weighting.uw is not None else {}
         extra.update(bookkeeping)
         ckpt_io.save_checkpoint(path, model=model, ema=ema, optimizer=opt, step=step, config=config,
-                                build=build, extra=extra)
+                                build=build, extra=extra, scaler=scaler)
     barrier()
     return path
 

@@ -1,4 +1,6 @@
-"""Latent cache (create once, flips, atomic write, DDP-parallel extraction) and the batch index sampler."""
+"""Latent cache (create once, flips, atomic write, DDP-parallel extraction), the posterior mode
+(cached mean/std, fresh draws), float16 storage, and the batch index sampler."""
+import math
 import os
 
 import pytest
@@ -6,9 +8,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from benchmark.autoencoder import PixelSpace, from_uint8
+from benchmark.autoencoder import PixelSpace, build_autoencoder, from_uint8
 from benchmark.data import ImageDataset, build_dataset, extract_latents, indices_for_step, steps_per_epoch
-from benchmark.data.latents import cache_path
+from benchmark.data.latents import cache_key, cache_path
+from vae_cases import tiny_sd_vae
 
 
 class CountingPixels(PixelSpace):
@@ -36,6 +39,9 @@ class NoisyToy(PixelSpace):
 
     def encode(self, x, *, generator=None, noise=None):
         return 0.5 * x + 0.1 * noise
+
+    def posterior(self, x):
+        return 0.5 * x, 0.1 + 0.05 * x.abs()
 
 
 class TinyDataset(ImageDataset):
@@ -130,8 +136,11 @@ def _ddp_worker(rank, world_size, init_file, cache_dir, out_file):
     try:
         lat = extract_latents(TinyDataset(), NoisyToy(), cache_dir, batch_size=32, rank=rank, world_size=world_size,
                               seed=3)
+        post = extract_latents(TinyDataset(), NoisyToy(), cache_dir, batch_size=32, rank=rank,
+                               world_size=world_size, seed=3, mode="posterior")
         if rank == 1:  # every rank returns the merged set, not only its shard
-            torch.save({"latents": lat.latents.clone(), "labels": lat.labels.clone()}, out_file)
+            torch.save({"latents": lat.latents.clone(), "labels": lat.labels.clone(),
+                        "mean": post.latents.clone(), "std": post.std.clone()}, out_file)
     finally:
         dist.destroy_process_group()
 
@@ -145,7 +154,14 @@ def test_ddp_extraction_equals_single_process(tmp_path):
     torch.testing.assert_close(ddp["latents"], single.latents, rtol=0, atol=0)
     assert torch.equal(ddp["labels"], single.labels)
     final = os.path.basename(cache_path(tiny, NoisyToy(), str(tmp_path / "ddp"), True, 3))
-    assert os.listdir(tmp_path / "ddp") == [final]  # shards cleaned up, only the final cache left
+    final_posterior = os.path.basename(cache_path(tiny, NoisyToy(), str(tmp_path / "ddp"), True, 3, "posterior"))
+    # shards cleaned up, only the final caches left
+    assert sorted(os.listdir(tmp_path / "ddp")) == sorted([final, final_posterior])
+    # the merged posterior rows are the toy's mean and std of each image, then of each flip
+    images = from_uint8(tiny._images)
+    both = torch.cat([images, images.flip(-1)])
+    torch.testing.assert_close(ddp["mean"], 0.5 * both, rtol=0, atol=0)
+    torch.testing.assert_close(ddp["std"], 0.1 + 0.05 * both.abs(), rtol=0, atol=0)
     # The noise really is per-row noise: residual / 0.1 is standard normal, differs between rows and
     # between an image and its flip.
     n = len(tiny)
@@ -153,6 +169,104 @@ def test_ddp_extraction_equals_single_process(tmp_path):
     noise = (single.latents - 0.5 * torch.cat([images, images.flip(-1)])) / 0.1
     assert abs(noise.mean()) < 0.05 and abs(noise.std() - 1) < 0.05
     assert not torch.allclose(noise[0], noise[1]) and not torch.allclose(noise[0], noise[n])
+
+
+# ---------------------------------------------------------------- posterior mode
+class Rand32(ImageDataset):
+    """Seeded random 3x32x32 uint8 images with labels."""
+
+    def __init__(self, n=5):
+        g = torch.Generator().manual_seed(2)
+        self._images = torch.randint(0, 256, (n, 3, 32, 32), generator=g, dtype=torch.uint8)
+        self._labels = torch.arange(n) % 2
+        self.name, self.key, self.num_classes, self.channels, self.image_size = "rand32", f"rand32-{n}", 2, 3, 32
+
+    def __len__(self):
+        return len(self._images)
+
+    def load(self, index):
+        return self._images[index].clone(), int(self._labels[index])
+
+    @property
+    def labels(self):
+        return self._labels.numpy().copy()
+
+
+@pytest.fixture(scope="module")
+def vae():
+    return tiny_sd_vae(in_channels=3)
+
+
+def test_posterior_cache_is_the_vaes_posterior(vae, tmp_path):
+    ds, scale = Rand32(), 0.18215
+    ae = build_autoencoder("sd-vae", module=vae, scale=scale)
+    lat = extract_latents(ds, ae, str(tmp_path), batch_size=2, mode="posterior")
+    assert lat.mode == "posterior" and lat.latents.shape == lat.std.shape == (10, 4, 4, 4)
+    x = from_uint8(ds._images)
+    with torch.no_grad():
+        plain, flipped = vae.encode(x).latent_dist, vae.encode(x.flip(-1)).latent_dist
+    torch.testing.assert_close(lat.latents, scale * torch.cat([plain.mean, flipped.mean]), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(lat.std, scale * torch.cat([plain.std, flipped.std]), rtol=1e-5, atol=1e-6)
+    assert torch.equal(lat.labels, torch.cat([ds._labels, ds._labels]))
+    # Its own cache file, which the one-sample cache never reads (and vice versa); the seed plays no part.
+    once = extract_latents(ds, ae, str(tmp_path), batch_size=2)
+    assert once.mode == "sample_once" and once.std is None
+    path = cache_path(ds, ae, str(tmp_path), mode="posterior")
+    assert "-posterior-" in os.path.basename(path)
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in (path, cache_path(ds, ae, str(tmp_path))))
+    assert cache_key(ds, ae, True, 0, "posterior") == cache_key(ds, ae, True, 5, "posterior")
+    assert cache_key(ds, ae, True, 0) != cache_key(ds, ae, True, 5)
+    # The one-sample key is the one caches were written under before the posterior mode existed.
+    assert cache_key(ds, ae, True, 0) == f"{ds.key}|{ae.key}|flips=True|seed=0|v1"
+
+
+def test_posterior_draws_are_fresh_and_have_the_cached_moments(vae, tmp_path):
+    lat = extract_latents(Rand32(), build_autoencoder("sd-vae", module=vae), str(tmp_path), mode="posterior")
+    rows = torch.arange(len(lat))
+    g = torch.Generator().manual_seed(0)
+    first, second = lat.draw(rows, generator=g), lat.draw(rows, generator=g)
+    assert first.dtype == torch.float32 and first.shape == lat.latents.shape
+    assert bool((first != second).all())  # a new eps every draw
+    n = 20_000
+    draws = lat.draw(rows.repeat(n), generator=g).reshape(n, *lat.latents.shape).double()
+    mean, std = lat.latents.double(), lat.std.double()
+    # Every element: sample mean within 5 standard errors (std / sqrt(n)) of the cached mean, sample
+    # variance within 5 standard errors (sqrt(2 / n) relative, Gaussian) of std**2. Over 640 elements a
+    # 5-sigma excursion has probability ~4e-4 for a correct draw; a wrong scale or offset fails by far.
+    assert bool(((draws.mean(0) - mean).abs() <= 5 * std / math.sqrt(n)).all())
+    assert bool(((draws.var(0) / std ** 2 - 1).abs() <= 5 * math.sqrt(2 / n)).all())
+
+
+def test_float16_storage_halves_the_cache_and_rounds_once(vae, tmp_path):
+    ds, ae = Rand32(), build_autoencoder("sd-vae", module=vae)
+    full = extract_latents(ds, ae, str(tmp_path), mode="posterior")
+    half = extract_latents(ds, ae, str(tmp_path), mode="posterior", dtype="float16")
+    assert half.latents.dtype == half.std.dtype == torch.float16
+    assert torch.equal(half.latents, full.latents.half()) and torch.equal(half.std, full.std.half())
+    assert half.draw(torch.arange(3)).dtype == torch.float32
+    big = os.path.getsize(cache_path(ds, ae, str(tmp_path), mode="posterior"))
+    small = os.path.getsize(cache_path(ds, ae, str(tmp_path), mode="posterior", dtype="float16"))
+    assert len(os.listdir(tmp_path)) == 2
+    tensor_bytes = 2 * full.latents.numel() * 4  # mean + std in float32
+    assert big - small == pytest.approx(tensor_bytes / 2, abs=2048)  # the same file with 2-byte elements
+
+
+def test_pixel_space_posterior_is_sample_once(digits, tmp_path):
+    once = extract_latents(digits, PixelSpace(1), str(tmp_path), flips=False)
+    post = extract_latents(digits, CountingPixels(), str(tmp_path), flips=False, mode="posterior")
+    assert post.std is None and torch.equal(post.latents, once.latents)
+    assert len(os.listdir(tmp_path)) == 1  # one file serves both
+    rows = torch.tensor([4, 0, 9])
+    state = torch.get_rng_state()
+    assert torch.equal(post.draw(rows), once.latents[rows])
+    assert torch.equal(torch.get_rng_state(), state)  # and drawing it consumes no random numbers
+
+
+def test_bad_mode_and_dtype_are_named(digits, tmp_path):
+    with pytest.raises(ValueError, match="latents mode='fresh' is invalid; valid: sample_once, posterior"):
+        extract_latents(digits, PixelSpace(1), str(tmp_path), mode="fresh")
+    with pytest.raises(ValueError, match="latent dtype='bfloat16' is invalid; valid: float32, float16"):
+        extract_latents(digits, PixelSpace(1), str(tmp_path), dtype="bfloat16")
 
 
 # ---------------------------------------------------------------- sampler

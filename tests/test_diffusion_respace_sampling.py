@@ -1,7 +1,9 @@
 """Respacing (ᾱ preserved at kept steps, DiT's step formats), the DDPM/DDIM samplers
 (oracle ε recovers x0; exact Gaussian marginals; hand-written DDIM loop) and
 classifier-free guidance as DiT batches it."""
+import itertools
 import math
+import random
 
 import numpy as np
 import pytest
@@ -47,6 +49,55 @@ def test_full_respacing_reproduces_the_schedule():
     np.testing.assert_allclose(d.betas, beta_schedule("linear", 1000), rtol=1e-9)
     t = torch.tensor([0, 17, 999])
     assert torch.equal(d.model_timesteps(t), t)
+
+
+def _accumulated_steps(T, counts):
+    """Improved DDPM's section respacing, restated: sections of T // n steps (the first T % n one
+    longer), each walked from its first step by a fractional stride whose running float sum is
+    rounded (round half to even) at every kept step."""
+    n = len(counts)
+    sizes = [T // n + (1 if i < T % n else 0) for i in range(n)]
+    starts = [0, *itertools.accumulate(sizes)][:n]
+    kept = []
+    for start, size, count in zip(starts, sizes, counts):
+        if count > size:
+            raise ValueError(f"{count} > {size}")
+        stride = 1 if count <= 1 else (size - 1) / (count - 1)
+        positions = itertools.accumulate([stride] * (count - 1), initial=0.0) if count else []
+        kept.extend(start + round(p) for p in positions)
+    return sorted(kept)
+
+
+def test_every_single_count_matches_the_accumulating_reference():
+    for count in range(1, 1001):
+        assert sorted(space_timesteps(1000, str(count))) == _accumulated_steps(1000, [count]), count
+    # The running sum and j * stride round differently here: 10 * 49.95 is 499.5 but the sum is below it.
+    assert 499 in space_timesteps(1000, "21") and 500 not in space_timesteps(1000, "21")
+
+
+def test_random_multi_section_specs_match_the_accumulating_reference():
+    rng = random.Random(20240613)
+    checked = refused = 0
+    for _ in range(400):
+        T = rng.randint(50, 1000)
+        n = rng.randint(2, 6)
+        size = T // n
+        # mostly feasible counts (zeros included), now and then one more than a section holds
+        counts = [rng.choice([0, 1, 2, rng.randint(0, size), rng.randint(0, size), size, size + 2])
+                  for _ in range(n)]
+        if sum(counts) == 0:
+            counts[rng.randrange(n)] = 1
+        try:
+            expected = _accumulated_steps(T, counts)
+        except ValueError:
+            with pytest.raises(ValueError, match="cannot be strided"):
+                space_timesteps(T, counts)
+            refused += 1
+            continue
+        assert sorted(space_timesteps(T, ",".join(map(str, counts)))) == expected, (T, counts)
+        assert sorted(space_timesteps(T, counts)) == expected
+        checked += 1
+    assert checked > 200 and refused > 100  # both branches were exercised
 
 
 @pytest.mark.parametrize("spec,match", [("ddim7", "ddim7"), ("abc", "ddimN"), ("5,x", "ddimN"), ("11", "11"),

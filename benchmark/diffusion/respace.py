@@ -4,7 +4,8 @@ Keeping steps k_1 < ... < k_S of a base process with cumulative products ᾱ_k, 
 respaced process has β_i = 1 − ᾱ_{k_i}/ᾱ_{k_{i−1}} (ᾱ_{k_0} := 1), so its own ᾱ_i equals
 the base ᾱ_{k_i} exactly (Nichol & Dhariwal 2021, arXiv 2102.09672, section 4). Step
 subsets are given as section counts ("250", "10,15,20": the base steps are cut into
-equal sections and each is strided evenly to that many steps) or as "ddimN" (one
+equal sections and each is strided evenly to that many steps, the running position summed
+in floating point and rounded exactly as improved DDPM's ``space_timesteps``) or as "ddimN" (one
 integer stride giving exactly N steps, the DDIM paper's striding, Song et al. 2020,
 arXiv 2010.02502). The model is always called with the base-process timestep.
 """
@@ -37,9 +38,14 @@ def _section_steps(num_timesteps: int, counts: list[int]) -> set[int]:
         size = size_per + (1 if i < extra else 0)
         if count > size:
             raise ValueError(f"section {i} has {size} steps and cannot be strided to {count} steps")
-        # Fractional stride that hits both ends of the section, rounded to whole steps.
+        # Fractional stride that hits both ends of the section. The position is accumulated, not
+        # computed as j * stride: the running float sum is what improved DDPM rounds, and it lands
+        # on the other side of a half for some counts (for "21" of 1000 it keeps 499, not 500).
         stride = (size - 1) / (count - 1) if count > 1 else 1
-        steps += [start + round(j * stride) for j in range(count)]
+        position = 0.0
+        for _ in range(count):
+            steps.append(start + round(position))
+            position += stride
         start += size
     return set(steps)
 
