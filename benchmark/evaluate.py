@@ -40,6 +40,11 @@ def reference_for(cfg: DictConfig, dataset=None):
 
 def evaluate_samples(cfg: DictConfig, samples, *, dataset=None, progress: bool = True) -> dict:
     from benchmark.metrics import evaluate
+    from benchmark.metrics.bootstrap import check_count
+
+    # checked here too so that a bad value is named by its config key
+    resamples = check_count("eval.bootstrap_resamples", cfg.eval.bootstrap_resamples)
+    seed = check_count("eval.bootstrap_seed", cfg.eval.bootstrap_seed)
 
     return evaluate(
         samples,
@@ -50,6 +55,8 @@ def evaluate_samples(cfg: DictConfig, samples, *, dataset=None, progress: bool =
         cache_dir=Path(cfg.paths.cache) / "metrics",
         metrics=tuple(cfg.eval.metrics),
         progress=progress,
+        bootstrap_resamples=resamples,
+        bootstrap_seed=seed,
     )
 
 
