@@ -222,6 +222,7 @@ def evaluate(
         "reference": ref.description,
         "reference_key": ref.key,
         "reference_num_images": ref.num_images,
+        "reference_statistics": dict(ref.statistics),
         "num_samples": len(source),
         "samples": source.description,
         "sample_resolution": list(source.image_shape[:2]),
