@@ -1,10 +1,10 @@
 """``benchmark evaluate``: metrics of a sample set by the ADM protocol, with provenance.
 
-The reference is ADM's reference batch when ``eval.reference`` names one, otherwise the
-dataset's own images (their Inception statistics are computed once and cached). When
-the samples are a run's own (no ``eval.samples``), the result is recorded under
-``results/`` like ``benchmark run`` does; for outside samples the metrics are printed
-and written beside them as ``<samples>.metrics.json``.
+The reference is ``eval.reference`` when given (an ADM reference batch .npz or a folder of
+images), otherwise the dataset's own images (their Inception statistics are computed once
+and cached). When the samples are a run's own (no ``eval.samples``), the result is
+recorded under ``results/`` like ``benchmark run`` does; for outside samples the metrics
+are printed and written beside them as ``<samples>.metrics.json``.
 """
 from __future__ import annotations
 
@@ -17,14 +17,17 @@ from benchmark.atomic import atomic_write_text
 
 
 def reference_for(cfg: DictConfig, dataset=None):
-    """The reference set: an ADM .npz path, or the dataset's own images (cached statistics)."""
+    """The reference set: an ADM .npz path, a folder of images, or the dataset's own images (cached statistics)."""
     from benchmark.metrics import DatasetReference
 
     if cfg.eval.reference:
         path = Path(str(cfg.eval.reference))
-        if not path.is_file():
-            raise FileNotFoundError(f"eval.reference={path} does not exist; pass an ADM reference batch .npz")
-        return path
+        if path.is_dir() or (path.is_file() and path.suffix == ".npz"):
+            return path
+        accepted = "pass an ADM reference batch .npz or a folder of reference images"
+        if not path.exists():
+            raise FileNotFoundError(f"eval.reference={path} does not exist; {accepted}")
+        raise ValueError(f"eval.reference={path} is neither an .npz file nor a folder; {accepted}")
     if dataset is None:
         from benchmark.data import from_config
 
@@ -40,6 +43,11 @@ def reference_for(cfg: DictConfig, dataset=None):
 
 def evaluate_samples(cfg: DictConfig, samples, *, dataset=None, progress: bool = True) -> dict:
     from benchmark.metrics import evaluate
+    from benchmark.metrics.bootstrap import check_count
+
+    # checked here too so that a bad value is named by its config key
+    resamples = check_count("eval.bootstrap_resamples", cfg.eval.bootstrap_resamples)
+    seed = check_count("eval.bootstrap_seed", cfg.eval.bootstrap_seed)
 
     return evaluate(
         samples,
@@ -50,6 +58,8 @@ def evaluate_samples(cfg: DictConfig, samples, *, dataset=None, progress: bool =
         cache_dir=Path(cfg.paths.cache) / "metrics",
         metrics=tuple(cfg.eval.metrics),
         progress=progress,
+        bootstrap_resamples=resamples,
+        bootstrap_seed=seed,
     )
 
 

@@ -73,10 +73,10 @@ def test_adm_npz_reads_mu_sigma(tmp_path, images, extractor):
 
 def test_npz_missing_keys_named(tmp_path):
     fake_adm_npz(tmp_path / "ref.npz", keys=("mu",))
-    with pytest.raises(ValueError, match=r"lacks keys \['sigma'\] needed by metrics \['fid'\]"):
+    with pytest.raises(ValueError, match=r"cannot serve fid \(needs mu and sigma, or arr_0\); it has \['mu'\]"):
         evaluate(np.zeros((4, 8, 8, 3), np.uint8), reference=tmp_path / "ref.npz", weights=WEIGHTS,
                  cache_dir=tmp_path, metrics=("fid",))
-    with pytest.raises(ValueError, match=r"arr_0.*precision_recall"):
+    with pytest.raises(ValueError, match=r"cannot serve precision_recall \(needs arr_0\)"):
         evaluate(np.zeros((4, 8, 8, 3), np.uint8), reference=tmp_path / "ref.npz", weights=WEIGHTS,
                  cache_dir=tmp_path, metrics=("precision_recall",))
 

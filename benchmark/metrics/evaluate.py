@@ -9,6 +9,10 @@ KID with torch-fidelity's subset defaults (100 subsets of up to 1000); clean-FID
 (Parmar et al. 2022, arXiv 2104.11222) with clean-fid's PIL-bicubic resize.
 A metric that cannot be computed honestly (e.g. IS without classifier weights)
 is ``None`` with a ``<name>_unavailable`` reason, never an estimate.
+
+FID, sFID, clean-FID, Precision and Recall also carry a bootstrap 95% interval
+(``<name>_ci95``) over the generated samples, recomputed from the features
+already extracted; see ``bootstrap.py`` for the method and its cost.
 """
 from __future__ import annotations
 
@@ -21,9 +25,10 @@ from typing import Callable
 import numpy as np
 import torch
 
-from . import scores
+from . import bootstrap, scores
 from .extractor import InceptionFeatureExtractor, extract, resolve_device
 from .images import ImageSource, open_images
+from .manifold import manifold_membership
 from .reference import Reference
 from .weights import InceptionWeights, resolve_weights
 
@@ -44,16 +49,33 @@ class _Context:
     extractor: InceptionFeatureExtractor
     device: torch.device
     info: dict
+    resampling: np.ndarray | None = None  # (B, N) generated rows per resample (bootstrap.resample_indices)
+    bootstrap_seconds: float = 0.0
+
+    def interval(self, resampled: Callable[[np.ndarray], np.ndarray]) -> list[float]:
+        """Percentile interval of ``resampled(indices)``, timed into ``bootstrap_seconds``."""
+        t0 = time.perf_counter()
+        values = resampled(self.resampling)
+        self.bootstrap_seconds += time.perf_counter() - t0
+        return bootstrap.percentile_interval(values)
+
+
+def _frechet(ctx: _Context, name: str, stats: str, features: str) -> dict:
+    mu_r, sigma_r = ctx.reference.stats(stats, ctx.extract_ref)
+    feats = ctx.gen[features]
+    out = {name: scores.frechet_distance_features(feats, mu_r, sigma_r)}
+    if ctx.resampling is not None:
+        out[f"{name}_ci95"] = ctx.interval(
+            lambda idx: bootstrap.frechet_resamples(feats, mu_r, sigma_r, idx, device=ctx.device))
+    return out
 
 
 def _fid(ctx: _Context) -> dict:
-    mu_r, sigma_r = ctx.reference.stats("pool3", ctx.extract_ref)
-    return {"fid": scores.frechet_distance_features(ctx.gen["pool3"], mu_r, sigma_r)}
+    return _frechet(ctx, "fid", "pool3", "pool3")
 
 
 def _sfid(ctx: _Context) -> dict:
-    mu_r, sigma_r = ctx.reference.stats("spatial", ctx.extract_ref)
-    return {"sfid": scores.frechet_distance_features(ctx.gen["spatial"], mu_r, sigma_r)}
+    return _frechet(ctx, "sfid", "spatial", "spatial")
 
 
 def _is(ctx: _Context) -> dict:
@@ -66,11 +88,16 @@ def _is(ctx: _Context) -> dict:
 
 
 def _pr(ctx: _Context) -> dict:
-    precision, recall = scores.precision_recall(
-        ctx.gen["pool3"], ctx.reference.pool3_features(ctx.extract_ref), device=ctx.device
+    member = manifold_membership(
+        ctx.gen["pool3"], ctx.reference.pool3_features(ctx.extract_ref), k=scores.PR_NEIGHBORHOOD,
+        batch_size=scores.PR_BATCH_SIZE, device=ctx.device,
     )
     ctx.info["precision_recall_k"] = scores.PR_NEIGHBORHOOD
-    return {"precision": precision, "recall": recall}
+    out = {"precision": member.precision, "recall": member.recall}
+    if ctx.resampling is not None:
+        out["precision_ci95"] = ctx.interval(lambda idx: bootstrap.precision_resamples(member, idx))
+        out["recall_ci95"] = ctx.interval(lambda idx: bootstrap.recall_resamples(member, idx, device=ctx.device))
+    return out
 
 
 def _kid(ctx: _Context) -> dict:
@@ -80,8 +107,7 @@ def _kid(ctx: _Context) -> dict:
 
 
 def _fid_clean(ctx: _Context) -> dict:
-    mu_r, sigma_r = ctx.reference.stats("clean", ctx.extract_ref)
-    return {"fid_clean": scores.frechet_distance_features(ctx.gen["clean"], mu_r, sigma_r)}
+    return _frechet(ctx, "fid_clean", "clean", "clean")
 
 
 @dataclass(frozen=True)
@@ -139,8 +165,13 @@ def evaluate(
     cache_dir: str | os.PathLike,
     metrics=DEFAULT_METRICS,
     progress: bool = False,
+    bootstrap_resamples: int = 200,
+    bootstrap_seed: int = 0,
 ) -> dict:
     """Evaluate generated ``samples`` against ``reference``; see the module docstring for the protocol.
+
+    ``bootstrap_resamples`` resamples of the generated set (0: none) drawn with
+    ``bootstrap_seed`` give the ``*_ci95`` intervals.
 
     Returns ``{"metrics": {...}, "evaluation": {...provenance...}}``. Every
     input problem raises a one-line ``ValueError``/``TypeError`` before the
@@ -152,6 +183,8 @@ def evaluate(
         raise ValueError(f"batch_size={batch_size!r} must be a positive integer")
     if num_fid_samples is not None and (isinstance(num_fid_samples, bool) or not isinstance(num_fid_samples, int)):
         raise TypeError(f"num_fid_samples must be an int or None, got {num_fid_samples!r}")
+    resamples = bootstrap.check_count("bootstrap_resamples", bootstrap_resamples)
+    seed = bootstrap.check_count("bootstrap_seed", bootstrap_seed)
     source = open_images(samples, "samples")
     if num_fid_samples is not None:
         source = source.take(num_fid_samples)
@@ -171,7 +204,9 @@ def evaluate(
         gen.update(run(source, group, f"samples {group}"))
     t_ref = time.perf_counter()
     info: dict = {}
-    ctx = _Context(gen, ref, lambda src, group: run(src, group, f"reference {group}"), extractor, dev, info)
+    resampling = bootstrap.resample_indices(len(source), resamples, seed) if resamples else None
+    ctx = _Context(gen, ref, lambda src, group: run(src, group, f"reference {group}"), extractor, dev, info,
+                   resampling)
     values: dict = {}
     for name in metrics:
         values.update(METRICS[name].compute(ctx))
@@ -187,6 +222,7 @@ def evaluate(
         "reference": ref.description,
         "reference_key": ref.key,
         "reference_num_images": ref.num_images,
+        "reference_statistics": dict(ref.statistics),
         "num_samples": len(source),
         "samples": source.description,
         "sample_resolution": list(source.image_shape[:2]),
@@ -198,10 +234,14 @@ def evaluate(
             "setup": round(t_feat - t0, 3),
             "sample_features": round(t_ref - t_feat, 3),
             "reference_and_metrics": round(t_end - t_ref, 3),
+            "bootstrap": round(ctx.bootstrap_seconds, 3),
             "total": round(t_end - t0, 3),
         },
         **info,
     }
+    if resampling is not None:
+        evaluation["bootstrap"] = {"resamples": resamples, "seed": seed, "level": bootstrap.LEVEL,
+                                   "method": bootstrap.METHOD}
     if w.note:
         evaluation["weights_note"] = w.note
     return {"metrics": values, "evaluation": evaluation}

@@ -1,19 +1,26 @@
-"""Reference statistics and features: an ADM reference batch ``.npz`` or a dataset's own images.
+"""Reference statistics and features: an ADM reference batch ``.npz``, a folder of images, or a dataset.
 
 ADM reference batches (Dhariwal & Nichol 2021; e.g. ``VIRTUAL_imagenet256_labeled.npz``)
 hold ``mu``/``sigma`` (pool_3 Gaussian, used for FID as stored), ``mu_s``/``sigma_s``
 (spatial Gaussian, used for sFID) and the reference images ``arr_0`` (used for
-Precision/Recall, KID and clean-FID, whose features are extracted here).
+Precision/Recall, KID and clean-FID, whose features are extracted here). A file
+may hold any subset: statistics it lacks are computed from ``arr_0``, as ADM's
+own evaluator does; only a metric with neither its statistics nor ``arr_0`` is
+refused.
 
-A ``DatasetReference`` names a dataset (``key``, e.g. ``"digits-8"``) and supplies
-its images on demand; its features are extracted once and cached.
+A folder of images (``FolderSource``: PNG, JPEG, ...) is a reference like
+``arr_0``. A ``DatasetReference`` names a dataset (``key``, e.g. ``"digits-8"``)
+and supplies its images on demand. Images of any size serve: the extractor
+resizes every image to the network's input (as for samples).
 
-Cache files live in ``cache_dir``, are keyed by the reference (dataset key and
-resolution, or the ``.npz`` content hash), the feature group and the weights'
-sha256, and are written atomically (temp file + ``os.replace``).
+Computed features and statistics are cached in ``cache_dir``, keyed by the
+reference (dataset key and resolution; the ``.npz`` content hash; or, for a
+folder, the sha256 of its sorted file names, sizes and modification times),
+the feature group and the weights' sha256, and written atomically.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -25,21 +32,35 @@ import torch
 
 from ..atomic import atomic_write
 from .extractor import POOL3_DIM, SPATIAL_DIM
-from .images import ArraySource, ImageSource, NpzSource
+from .images import ArraySource, FolderSource, ImageSource, NpzSource
 from .weights import file_sha256
 
 CACHE_VERSION = "v1"
 
-# Which reference arrays each metric needs from an ADM .npz.
+# Stored statistics an ADM .npz may hold, by the statistics they stand for.
+NPZ_STATS = {"pool3": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}
+# Statistics a metric reads as stored when the .npz has them.
+STATS_FOR_METRIC = {"fid": "pool3", "sfid": "spatial"}
+# Each metric's alternative sets of .npz keys; any one of them suffices.
 NPZ_KEYS_FOR_METRIC = {
-    "fid": ("mu", "sigma"),
-    "sfid": ("mu_s", "sigma_s"),
-    "precision_recall": ("arr_0",),
-    "kid": ("arr_0",),
-    "fid_clean": ("arr_0",),
-    "is": (),
+    "fid": (("mu", "sigma"), ("arr_0",)),
+    "sfid": (("mu_s", "sigma_s"), ("arr_0",)),
+    "precision_recall": (("arr_0",),),
+    "kid": (("arr_0",),),
+    "fid_clean": (("arr_0",),),
+    "is": ((),),
 }
 _STAT_DIMS = {"mu": POOL3_DIM, "sigma": POOL3_DIM, "mu_s": SPATIAL_DIM, "sigma_s": SPATIAL_DIM}
+
+
+def folder_listing_sha256(files: list[Path]) -> str:
+    """sha256 of the sorted (file name, size, mtime in ns) of ``files``: changes when any file is added, removed
+    or rewritten, without reading the images."""
+    h = hashlib.sha256()
+    for f in sorted(files, key=lambda p: p.name):
+        st = f.stat()
+        h.update(f"{f.name}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -80,6 +101,7 @@ class Reference:
         self.cache_dir = Path(cache_dir)
         self.weights_sha256 = weights_sha256
         self._arrays: dict[str, np.ndarray] = {}
+        self.statistics: dict[str, str] = {}  # statistics name -> where its mu/sigma came from
         if isinstance(reference, DatasetReference):
             self.kind = "dataset"
             self.dataset = reference
@@ -87,42 +109,61 @@ class Reference:
             self.key = f"{reference.key}{res}"
             self.description = f"dataset {reference.key}" + (f" at {reference.image_size}px" if reference.image_size else "")
             self._source: ImageSource | None = None
+            self._images_name = f"dataset {reference.key}"
         elif isinstance(reference, (str, os.PathLike)):
-            self.kind = "adm-npz"
             self.path = Path(reference)
-            self._open_npz(metrics)
+            if self.path.is_dir():
+                self._open_folder()
+            elif self.path.is_file() and self.path.suffix == ".npz":
+                self._open_npz(metrics)
+            else:
+                what = "does not exist" if not self.path.exists() else "is neither an .npz file nor a folder"
+                raise ValueError(
+                    f"reference {str(self.path)!r} {what}; pass an ADM reference batch .npz or a folder of images"
+                )
         else:
             raise TypeError(
-                f"reference must be an ADM .npz path or a DatasetReference, got {type(reference).__name__}"
+                f"reference must be an ADM .npz path, a folder of images or a DatasetReference, got {type(reference).__name__}"
             )
+
+    # ------------------------------------------------------------- folder
+    def _open_folder(self) -> None:
+        self.kind = "folder"
+        self._source = FolderSource(self.path)
+        digest = folder_listing_sha256(self._source.files)
+        self.key = f"folder-{self.path.name}-{digest[:16]}"
+        h, w = self._source.image_shape[:2]
+        self.description = f"image folder {self.path} ({len(self._source)} images {h}x{w})"
+        self._images_name = "folder images"
 
     # ------------------------------------------------------------- ADM npz
     def _open_npz(self, metrics: tuple[str, ...]) -> None:
-        if not self.path.is_file() or self.path.suffix != ".npz":
-            raise ValueError(f"reference {str(self.path)!r} is not an existing .npz file")
+        self.kind = "adm-npz"
         try:
             with np.load(self.path, allow_pickle=False) as data:
                 keys = set(data.files)
-                needed = {k for m in metrics for k in NPZ_KEYS_FOR_METRIC[m]}
-                missing = sorted(needed - keys)
-                if missing:
-                    users = sorted(m for m in metrics if set(NPZ_KEYS_FOR_METRIC[m]) & set(missing))
-                    raise ValueError(
-                        f"reference {str(self.path)!r} lacks keys {missing} needed by metrics {users} (has {sorted(keys)})"
-                    )
-                for k in sorted(needed - {"arr_0"}):
+                has_images = "arr_0" in keys
+                refused = [
+                    f"{m} (needs {', or '.join(' and '.join(alt) for alt in NPZ_KEYS_FOR_METRIC[m])})"
+                    for m in metrics if not any(set(alt) <= keys for alt in NPZ_KEYS_FOR_METRIC[m])
+                ]
+                if refused:
+                    raise ValueError(f"reference {str(self.path)!r} cannot serve {', '.join(refused)}; it has {sorted(keys)}")
+                stored = {STATS_FOR_METRIC[m] for m in metrics if m in STATS_FOR_METRIC}
+                for k in (k for name in sorted(stored) for k in NPZ_STATS[name] if set(NPZ_STATS[name]) <= keys):
                     arr = np.asarray(data[k], dtype=np.float64)
                     want = (_STAT_DIMS[k],) if k.startswith("mu") else (_STAT_DIMS[k],) * 2
                     if arr.shape != want:
                         raise ValueError(f"reference {str(self.path)!r}[{k!r}] has shape {arr.shape}, expected {want}")
-                    self._arrays[k] = arr
+                    self._arrays[k] = arr  # stored statistics; absent pairs are computed from arr_0 when asked for
         except (OSError, EOFError) as exc:
             raise ValueError(f"reference {str(self.path)!r} is not a readable .npz file: {exc}") from exc
-        self._source = NpzSource(self.path, "arr_0") if "arr_0" in keys else None
+        self._source = NpzSource(self.path, "arr_0") if has_images else None
         digest = file_sha256(self.path)
         self.key = f"adm-{self.path.stem}-{digest[:16]}"
         self.description = f"ADM reference batch {self.path.name} (sha256 {digest[:12]})"
         self.sha256 = digest
+        self._images_name = "arr_0"
 
     # ------------------------------------------------------------- access
     def source(self) -> ImageSource:
@@ -130,7 +171,7 @@ class Reference:
             if self.kind == "dataset":
                 images = self.dataset.images()
                 self._source = ArraySource(images, f"reference {self.dataset.key}")
-            else:
+            else:  # the constructor refuses a metric that would get here
                 raise ValueError(f"reference {str(self.path)!r} has no 'arr_0' images")
         return self._source
 
@@ -166,12 +207,17 @@ class Reference:
         return arrays
 
     def stats(self, name: str, extract) -> tuple[np.ndarray, np.ndarray]:
-        """(mu, sigma) for ``pool3``, ``spatial`` or ``clean``; the .npz's own stats take precedence."""
-        npz_keys = {"pool3": ("mu", "sigma"), "spatial": ("mu_s", "sigma_s")}.get(name)
-        if npz_keys and npz_keys[0] in self._arrays:
+        """(mu, sigma) for ``pool3``, ``spatial`` or ``clean``; an .npz's stored statistics take precedence.
+
+        Records in ``self.statistics[name]`` whether they were stored or computed (and from how many images).
+        """
+        npz_keys = NPZ_STATS.get(name)
+        if npz_keys and npz_keys[0] in self._arrays and npz_keys[1] in self._arrays:
+            self.statistics[name] = f"stored {npz_keys[0]}/{npz_keys[1]}"
             return self._arrays[npz_keys[0]], self._arrays[npz_keys[1]]
         group = "clean" if name == "clean" else "inception"
         arrays = self.group(group, extract)
+        self.statistics[name] = f"computed from {self._images_name} ({int(arrays['num_images'])} images)"
         return arrays[f"{name}_mu"], arrays[f"{name}_sigma"]
 
     def pool3_features(self, extract) -> torch.Tensor:
