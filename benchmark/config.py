@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from conf import CONF_DIR
 
-GROUPS = ("method", "size", "data", "autoencoder", "loss_weight", "launcher")
+GROUPS = ("method", "size", "data", "recipe", "autoencoder", "loss_weight", "launcher")
 
 
 def _class_count(classes, fallback):
@@ -182,14 +182,18 @@ RULES: list[tuple[str, Callable[[object], bool], str]] = [
     ("train.ema_decay", lambda v: 0.0 <= float(v) < 1.0, "a number in [0, 1)"),
     ("train.ckpt_every", _positive_int, "a positive integer"),
     ("train.log_every", _positive_int, "a positive integer"),
-    ("train.precision", lambda v: v in ("auto", "fp32", "bf16", "fp16"),
-     "auto, fp32, bf16 or fp16 (fp16 autocast with a GradScaler)"),
+    ("train.precision", lambda v: v in ("auto", "fp32", "tf32", "bf16", "fp16"),
+     "auto, fp32, tf32, bf16 or fp16 (fp16 autocast with a GradScaler)"),
     ("sample.sampler", lambda v: v in ("ddpm", "ddim"), "ddpm or ddim"),
     ("sample.precision", lambda v: v in ("fp32", "tf32", "fp16", "bf16"), "fp32, tf32, fp16 or bf16"),
     ("sample.eta", lambda v: float(v) >= 0, "a non-negative number"),
     ("sample.num_samples", _positive_int, "a positive integer"),
     ("sample.per_proc_batch_size", _positive_int, "a positive integer"),
     ("eval.batch_size", _positive_int, "a positive integer"),
+    ("eval.bootstrap_resamples", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+     "a non-negative integer (0: no intervals)"),
+    ("eval.bootstrap_seed", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+     "a non-negative integer"),
     ("data.image_size", _positive_int, "a positive integer"),
     ("data.latents", lambda v: v in ("sample_once", "posterior"),
      "sample_once (one cached posterior sample per image) or posterior (a fresh sample every step)"),
@@ -208,6 +212,8 @@ def validate(cfg: DictConfig) -> None:
         if not good:
             raise ConfigError(f"{key}={value!r} is invalid; expected {valid}")
     _check_data_path(cfg)
+    _check_reference(cfg)
+    _check_fid_samples(cfg)
     _check_resolution(cfg)
     _check_sampling(cfg)
     _check_loss_weight(cfg)
@@ -222,6 +228,28 @@ def _check_data_path(cfg: DictConfig) -> None:
     path = cfg.data.path
     if path is not None and not Path(str(path)).expanduser().exists():
         raise ConfigError(f"data.path={path} does not exist; pass an existing image folder")
+
+
+# What a recipe cannot do without, and how to supply it.
+REQUIRED_HOW = {
+    "eval.reference": "its table is FID-50K against ADM's reference batch: pass "
+                      "eval.reference=/path/to/VIRTUAL_imagenet256_labeled.npz",
+}
+
+
+def _check_fid_samples(cfg: DictConfig) -> None:
+    n, drawn = cfg.eval.num_fid_samples, cfg.sample.num_samples
+    if not cfg.eval.samples and _positive_int(n) and n > drawn:
+        raise ConfigError(f"eval.num_fid_samples={n} is more than the sample.num_samples={drawn} a run draws; "
+                          f"choose at most {drawn}, or raise sample.num_samples")
+
+
+def _check_reference(cfg: DictConfig) -> None:
+    for key in cfg.get("recipe_requires") or ():
+        if _get(cfg, key) in (None, ""):
+            how = REQUIRED_HOW.get(key, f"pass {key}=...")
+            raise ConfigError(f"{key} is required by recipe={cfg.get('recipe')} ({how}), or recipe=none to leave "
+                              "the published protocol")
 
 
 def latent_geometry(cfg: DictConfig) -> tuple[int, int]:

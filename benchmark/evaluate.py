@@ -68,8 +68,12 @@ def format_metrics(metrics: dict) -> str:
     for key, value in metrics.items():
         if key.endswith("_unavailable"):
             continue
-        shown = "unavailable: " + metrics.get(f"{key}_unavailable", "") if value is None else (
-            f"{value:.4f}" if isinstance(value, float) else str(value))
+        if value is None:
+            shown = "unavailable: " + metrics.get(f"{key}_unavailable", "")
+        elif isinstance(value, list):
+            shown = "[" + ", ".join(f"{v:.4f}" for v in value) + "]"
+        else:
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         lines.append(f"  {key:<18} {shown}")
     return "\n".join(lines)
 

@@ -39,7 +39,7 @@ IDENTITY_FILE = "identity.json"
 
 # Dotted keys (or whole sections) that never enter an identity.
 NOT_IDENTITY = frozenset({
-    "paths", "run_name", "launcher", "overwrite", "hydra", "recipe", "preflight",
+    "paths", "run_name", "launcher", "overwrite", "hydra", "recipe", "recipe_requires", "preflight",
     "data.path", "autoencoder.path",
     "method.options.moe_backend",
     "train.progress", "train.log_every", "train.ckpt_every", "train.resume", "train.latent_batch_size",

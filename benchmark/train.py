@@ -163,6 +163,7 @@ class LossWeighting:
 # train.precision -> (autocast dtype or None for none, whether a GradScaler scales the loss)
 PRECISIONS = {
     "fp32": (None, False),
+    "tf32": (None, False),           # float32 with TF32 matrix products on GPUs that have them (DiT's recipe)
     "bf16": (torch.bfloat16, False),
     "fp16": (torch.float16, True),   # fp16's narrow range underflows small gradients without scaling
 }
@@ -179,6 +180,8 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def _autocast(precision: str, device: torch.device):
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
     dtype = PRECISIONS[precision][0]
     return nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 

@@ -44,11 +44,11 @@ def test_every_official_knob_has_a_key():
 
 
 def test_imagenet_uses_the_vae_and_full_scale_defaults(tmp_path):
-    cfg = compose(["data=imagenet", f"data.path={tmp_path}", "size=XL"])
+    cfg = compose(["data=imagenet", f"data.path={tmp_path}", "size=XL", "recipe=none"])
     assert cfg.autoencoder.name == "sd-vae" and cfg.autoencoder.scale == pytest.approx(0.18215)
     assert cfg.train.iterations == 400000 and cfg.sample.num_samples == 50000
     assert cfg.train.global_batch_size == 256
-    cfg = compose(["data=imagenet", f"data.path={tmp_path}", "autoencoder=none"])
+    cfg = compose(["data=imagenet", f"data.path={tmp_path}", "autoencoder=none", "recipe=none"])
     assert cfg.autoencoder.name == "none"
 
 
@@ -64,7 +64,9 @@ def test_sweep_expansion_is_the_cartesian_product():
     (["data=cifar"], "unknown data 'cifar'"),
     (["data=imagenet"], "data.path is required for data=imagenet"),
     (["data=imagenet", "data.path=/does/not/exist"], "data.path=/does/not/exist does not exist"),
-    (["data.image_size=10", "model.patch_size=4"], "data.image_size=10 is not divisible by 4"),
+    (["data.image_size=10", "model.patch_size=4"],
+     "model.patch_size=4 does not divide the 10x10 input of pixel space (autoencoder=none) (data.image_size=10); "
+     "choose a patch size that divides 10: 1, 2, 5, 10"),
     (["sample.cfg_scale=0.5"], "sample.cfg_scale=0.5 is below 1"),
     (["diffusion.noise_schedule=quadratic"], "diffusion.noise_schedule='quadratic' is invalid"),
     (["sample.sampler=euler"], "sample.sampler='euler' is invalid"),
@@ -78,8 +80,12 @@ def test_bad_config_values_fail_naming_the_key(overrides, needle):
 
 
 def test_latent_resolution_must_divide_by_8_times_patch(tmp_path):
-    with pytest.raises(ConfigError, match="data.image_size=260 is not divisible by 16"):
-        compose(["data=imagenet", f"data.path={tmp_path}", "data.image_size=260"])
+    with pytest.raises(ConfigError, match="data.image_size=260 is not divisible by the autoencoder's downsampling 8"):
+        compose(["data=imagenet", f"data.path={tmp_path}", "data.image_size=260", "recipe=none"])
+    with pytest.raises(ConfigError, match=r"model.patch_size=8 does not divide the 36x36 input of latent space "
+                                          r"\(8x autoencoder\).*divides 36: 1, 2, 3, 4, 6, 9, 12, 18, 36"):
+        compose(["data=imagenet", f"data.path={tmp_path}", "data.image_size=288", "model.patch_size=8",
+                 "recipe=none"])
 
 
 def test_help_lists_built_verbs_and_each_verb_has_help():

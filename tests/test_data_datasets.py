@@ -148,9 +148,37 @@ def test_ffhq_nested_is_unconditional(tmp_path):
     assert ds.num_classes == 0 and len(ds) == 2
 
 
-def test_imagenet_requires_1000_classes(class_tree):
-    with pytest.raises(ImageFolderError, match="num_classes=1000.*2 class folders"):
-        build_dataset("imagenet", path=str(class_tree), image_size=16)
+def test_imagenet_requires_its_class_count(class_tree):
+    from benchmark.config import compose
+    from benchmark.data import from_config
+
+    cfg = compose(["data=imagenet", f"data.path={class_tree}", "recipe=none", "data.image_size=16"])
+    with pytest.raises(ImageFolderError, match="data.num_classes=1000 but .* gives 2 class folders.*data.classes=N"):
+        from_config(cfg.data)
+    sub = compose(["data=imagenet", f"data.path={class_tree}", "recipe=none", "data.image_size=16", "data.classes=1"])
+    assert sub.data.num_classes == 1 and from_config(sub.data).num_classes == 1
+
+
+def test_imagefolder_finds_its_classes_on_disk_and_keeps_a_subset(class_tree, tmp_path):
+    from benchmark.config import compose
+    from benchmark.data import from_config
+
+    base = ["data=imagefolder", f"data.path={class_tree}", "data.image_size=16"]
+    cfg = compose(base)
+    full = from_config(cfg.data)
+    assert cfg.data.num_classes == full.num_classes == 2 and cfg.recipe is None
+    named = from_config(compose([*base, f"data.classes=[{full.classes[1]}]"]).data)
+    assert named.classes == [full.classes[1]] and set(named.labels.tolist()) == {0}
+    assert len(named) == int((full.labels == 1).sum())
+    with pytest.raises(ImageFolderError, match="data.classes names folders that .* does not have: nope"):
+        from_config(compose([*base, "data.classes=[nope]"]).data)
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (class_tree / full.classes[0]).rename(flat / "x")        # a flat folder of images: unconditional
+    for f in (flat / "x").iterdir():
+        f.rename(flat / f.name)
+    flat_cfg = compose(["data=imagefolder", f"data.path={flat}", "data.image_size=16", "sample.cfg_scale=1.0"])
+    assert flat_cfg.data.num_classes == 0
 
 
 def test_imagefolder_missing_path(tmp_path):

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 # unless it is listed in NOT_IDENTITY; this list makes either change a deliberate one.
 EXCLUDED = {
     "paths.runs", "paths.results", "paths.reports", "paths.cache", "run_name", "overwrite", "recipe",
+    "recipe_requires",
     "data.path", "autoencoder.path", "method.options.moe_backend",
     "train.progress", "train.log_every", "train.ckpt_every", "train.resume", "train.latent_batch_size",
     "train.compile", "train.grad_checkpointing", "sample.out", "sample.ckpt",
@@ -48,7 +49,7 @@ def covered(spec: dict, prefix: str = "") -> set[str]:
 
 @pytest.mark.parametrize("overrides", [["method=switch_dit", "launcher=slurm"],
                                        ["method=dtr", "data=imagenet", f"data.path={Path(__file__).parent}",
-                                        "loss_weight=min_snr"]])
+                                        "loss_weight=min_snr", "eval.reference=/refs/ref.npz"]])
 def test_every_key_is_in_an_identity_or_deliberately_out(overrides):
     cfg = compose(overrides)
     c = OmegaConf.to_container(cfg, resolve=True)
@@ -169,3 +170,61 @@ def test_submit_at_other_settings_runs_and_overwrite_of_a_running_cell_is_refuse
         submit_grid([*args, "overwrite=true"], quiet=True)
     assert not (tmp_path / "runs" / ".replaced").exists()
     assert cell.record_of(compose(args)).is_file()
+
+
+# ---------------------------------------------------------------- recipes (the published protocols)
+
+IMAGENET = ["data=imagenet", f"data.path={Path(__file__).parent}", "eval.reference=/refs/VIRTUAL_imagenet256_labeled.npz"]
+OFFICIAL = {  # what each preset must compose to: the code behind each published table
+    "switch_dit_paper": {"diffusion.noise_schedule": "cosine", "sample.guidance_channels": None,
+                         "train.precision": "fp16", "sample.precision": "fp16", "data.latents": "posterior",
+                         "train.compile": True, "train.lr": 1e-4, "train.global_batch_size": 256,
+                         "train.iterations": 400000, "train.ema_decay": 0.9999,
+                         "sample.sampler": "ddpm", "sample.steps": 250, "sample.cfg_scale": 1.5,
+                         "eval.num_fid_samples": 50000, "autoencoder.variant": "ema", "data.flip": True},
+    "dit_paper": {"diffusion.noise_schedule": "linear", "sample.guidance_channels": 3, "train.precision": "tf32",
+                  "sample.precision": "tf32", "data.latents": "posterior", "train.compile": False,
+                  "train.lr": 1e-4, "train.global_batch_size": 256, "train.iterations": 400000,
+                  "train.ema_decay": 0.9999, "sample.sampler": "ddpm", "sample.steps": 250, "sample.cfg_scale": 1.5,
+                  "eval.num_fid_samples": 50000, "autoencoder.variant": "ema", "data.flip": True},
+}
+
+
+@pytest.mark.parametrize("recipe", sorted(OFFICIAL))
+def test_each_recipe_composes_to_the_official_settings(recipe):
+    cfg = compose([*IMAGENET, f"recipe={recipe}"])
+    assert cfg.recipe == recipe
+    for key, want in OFFICIAL[recipe].items():
+        if want is not None or key.startswith("sample."):
+            assert OmegaConf.select(cfg, key) == want, key
+    uw = compose([*IMAGENET, f"recipe={recipe}", "loss_weight=uw"])
+    assert uw.loss_weight.lr == 0.025                          # the official uncertainty weights' learning rate
+    other = compose([*IMAGENET, f"recipe={recipe}", "sample.guidance_channels=1"])  # one override away
+    assert other.sample.guidance_channels == 1
+
+
+def test_imagenet_runs_under_the_papers_recipe_unless_told_otherwise():
+    assert compose(IMAGENET).recipe == "switch_dit_paper"
+    assert compose([*IMAGENET, "recipe=none"]).recipe is None
+    assert compose([]).recipe is None                           # the embedded digits keep their own budget
+    # The recipe's values are the training identity; its name is only a label.
+    a = identity.cell_identity(compose(IMAGENET))
+    b = identity.cell_identity(compose([*IMAGENET, "recipe=none"]))
+    assert a.run_id != b.run_id
+    with pytest.raises(ConfigError, match=r"eval.reference is required by recipe=switch_dit_paper .*VIRTUAL_imagenet256"):
+        compose(IMAGENET[:2])
+
+
+def test_only_the_paper_recipe_matches_the_published_protocol(tmp_path):
+    from benchmark import runs_report
+    from record_factory import make_record
+
+    protocol = json.loads((Path(__file__).parent.parent / "results" / "published" /
+                           "imagenet256_switch_dit.protocol.json").read_text())["match"]
+    reference = tmp_path / "VIRTUAL_imagenet256_labeled.npz"
+    reference.write_bytes(b"stand-in")                     # the reference is named by its file name and size
+    cell = [*IMAGENET[:2], f"eval.reference={reference}", "method=switch_dit", "size=B"]
+    assert runs_report.matches(make_record(*cell), protocol)
+    for other in (["recipe=dit_paper"], ["sample.guidance_channels=3"], ["train.precision=bf16"],
+                  ["data.latents=sample_once"], ["train.iterations=100000"], ["sample.num_samples=10000"]):
+        assert not runs_report.matches(make_record(*cell, *other), protocol), other

@@ -169,6 +169,20 @@ def test_interval_contains_point_estimate_and_seed_determines_it():
     assert p_lo < m.precision < p_hi
 
 
+def centred(values, point):
+    """The centred interval written out: percentiles of the values shifted by (mean - point)."""
+    values = np.asarray(values, float)
+    return list(np.percentile(values - values.mean() + point, [2.5, 97.5]))
+
+
+def test_centred_interval_keeps_the_spread_around_the_point():
+    values = np.arange(1001, dtype=float) + 40.0          # resamples offset by +40 from the point 500
+    assert bs.centred_interval(values, 500.0) == pytest.approx([25.0, 975.0])
+    assert bs.centred_interval(values, 500.0, level=0.5) == pytest.approx([250.0, 750.0])
+    with pytest.raises(ValueError, match="non-empty"):
+        bs.centred_interval([], 1.0)
+
+
 def test_percentile_interval_level():
     values = np.arange(1001, dtype=float)
     assert bs.percentile_interval(values) == pytest.approx([25.0, 975.0])
@@ -225,13 +239,14 @@ def test_evaluate_intervals_equal_naive_recomputation(tmp_path, digits, features
         w, v = np.linalg.eigh(sigma)
         mu, root = real[key].mean(axis=0), (v * np.sqrt(np.clip(w, 0, None))) @ v.T
         naive = [fid_by_svd(gen[key][row], mu, root, np.trace(sigma)) for row in idx]
-        assert m[f"{name}_ci95"] == pytest.approx(list(np.percentile(naive, [2.5, 97.5])), rel=1e-4)
+        assert m[f"{name}_ci95"] == pytest.approx(centred(naive, m[name]), rel=1e-4)
+        assert m[f"{name}_ci95"][0] < m[name] < m[f"{name}_ci95"][1]
     inside, covered = brute_force_membership(gen["pool3"], real["pool3"], K)
     assert m["precision"] == pytest.approx(inside.mean()) and m["recall"] == pytest.approx(covered.any(1).mean())
     naive_p = [inside[row].mean() for row in idx]
     naive_r = [covered[:, np.unique(row)].any(axis=1).mean() for row in idx]
-    assert m["precision_ci95"] == pytest.approx(list(np.percentile(naive_p, [2.5, 97.5])))
-    assert m["recall_ci95"] == pytest.approx(list(np.percentile(naive_r, [2.5, 97.5])))
+    assert m["precision_ci95"] == pytest.approx(centred(naive_p, inside.mean()))
+    assert m["recall_ci95"] == pytest.approx(centred(naive_r, covered.any(1).mean()))
     assert all(isinstance(v, float) for k in ("fid", "sfid", "precision", "recall") for v in m[f"{k}_ci95"])
 
     none = evaluate(digits["gen"], reference=ref, weights=WEIGHTS, device="cpu", cache_dir=tmp_path,

@@ -1,10 +1,11 @@
 """Bootstrap intervals for FID, Precision and Recall over the generated samples.
 
-Percentile bootstrap (Efron & Tibshirani 1993, ch. 13): the generated feature
-rows are resampled with replacement B times (``resample_indices``), the
-reference is held fixed, each metric is recomputed from the features already
-extracted, and the interval is the (1 - level) / 2 and (1 + level) / 2
-percentiles of the B values. No Inception pass is repeated.
+Bootstrap (Efron & Tibshirani 1993, ch. 13): the generated feature rows are
+resampled with replacement B times (``resample_indices``), the reference is
+held fixed, each metric is recomputed from the features already extracted, and
+the interval is the (1 - level) / 2 and (1 + level) / 2 percentiles of the B
+values, bias-shifted onto the point estimate (see the end of this docstring).
+No Inception pass is repeated.
 
 Fréchet distance (Heusel et al. 2017, eq. 6) of a resample X_b (N rows, D dims)
 against the fixed N(mu2, S2): ``|mu_b - mu2|^2 + Tr S_b + Tr S2 - 2 Tr (S_b S2)^(1/2)``.
@@ -41,14 +42,16 @@ the k-NN manifolds of the full sets (``manifold.manifold_membership``):
   the balls, biasing recall down; so the radii are held fixed, and the
   interval reflects which generated samples were drawn, not radius noise.
 
-Where the percentile interval sits: a resample holds on average 1 - 1/e of
-the distinct generated samples. Precision is a mean of per-sample indicators
-and its resamples centre on the point estimate. A recall resample covers the
-real samples with a subset of the full set's balls, so it is never above the
-point estimate and the interval lies at or below it. FID resamples carry the
-finite-sample bias of FID a second time and lie above the point estimate, by
-a margin that grows as N falls relative to D. The interval's width is the
-sampling spread; its position is not an unbiased estimate of the metric.
+Where the interval sits. A resample holds on average 1 - 1/e of the distinct
+generated samples, so the plain percentiles are offset from the point estimate:
+FID resamples carry FID's finite-sample bias a second time and lie above it, and
+with the balls held fixed a recall resample is never above the full value.
+``centred_interval`` therefore shifts the resampled values by the bootstrap
+estimate of that offset (their mean minus the point estimate; Efron & Tibshirani
+1993, ch. 10) before taking the percentiles: the interval keeps the width of the
+sampling spread and is centred where the measurement is. It says whether two
+numbers differ by more than resampling the generated samples moves them; it is
+not an unbiased estimate of the metric at infinite samples.
 """
 from __future__ import annotations
 
@@ -58,7 +61,8 @@ import torch
 from .manifold import ManifoldMembership, pack_bits
 
 LEVEL = 0.95
-METHOD = "percentile, generated samples resampled with replacement, reference fixed"
+METHOD = ("percentile of the resampled values shifted by their bias (mean minus point estimate), "
+          "generated samples resampled with replacement, reference fixed")
 
 # Working-set bounds for batching resamples together (bytes).
 _GATHER_BYTES = 1 << 27
@@ -95,6 +99,14 @@ def percentile_interval(values, level: float = LEVEL) -> list[float]:
     tail = (1 - level) / 2 * 100
     lo, hi = np.percentile(values, [tail, 100 - tail])
     return [float(lo), float(hi)]
+
+
+def centred_interval(values, point: float, level: float = LEVEL) -> list[float]:
+    """``percentile_interval`` of ``values - (mean(values) - point)``: the spread, centred on ``point``."""
+    values = np.asarray(values, np.float64)
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"need a non-empty 1-d array of bootstrap values, got shape {values.shape}")
+    return percentile_interval(values - (values.mean() - float(point)), level)
 
 
 def _as_float64(x, device) -> torch.Tensor:

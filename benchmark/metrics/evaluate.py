@@ -52,12 +52,12 @@ class _Context:
     resampling: np.ndarray | None = None  # (B, N) generated rows per resample (bootstrap.resample_indices)
     bootstrap_seconds: float = 0.0
 
-    def interval(self, resampled: Callable[[np.ndarray], np.ndarray]) -> list[float]:
-        """Percentile interval of ``resampled(indices)``, timed into ``bootstrap_seconds``."""
+    def interval(self, resampled: Callable[[np.ndarray], np.ndarray], point: float) -> list[float]:
+        """The bootstrap interval of ``resampled(indices)`` around ``point``, timed into ``bootstrap_seconds``."""
         t0 = time.perf_counter()
         values = resampled(self.resampling)
         self.bootstrap_seconds += time.perf_counter() - t0
-        return bootstrap.percentile_interval(values)
+        return bootstrap.centred_interval(values, point)
 
 
 def _frechet(ctx: _Context, name: str, stats: str, features: str) -> dict:
@@ -66,7 +66,7 @@ def _frechet(ctx: _Context, name: str, stats: str, features: str) -> dict:
     out = {name: scores.frechet_distance_features(feats, mu_r, sigma_r)}
     if ctx.resampling is not None:
         out[f"{name}_ci95"] = ctx.interval(
-            lambda idx: bootstrap.frechet_resamples(feats, mu_r, sigma_r, idx, device=ctx.device))
+            lambda idx: bootstrap.frechet_resamples(feats, mu_r, sigma_r, idx, device=ctx.device), out[name])
     return out
 
 
@@ -95,8 +95,9 @@ def _pr(ctx: _Context) -> dict:
     ctx.info["precision_recall_k"] = scores.PR_NEIGHBORHOOD
     out = {"precision": member.precision, "recall": member.recall}
     if ctx.resampling is not None:
-        out["precision_ci95"] = ctx.interval(lambda idx: bootstrap.precision_resamples(member, idx))
-        out["recall_ci95"] = ctx.interval(lambda idx: bootstrap.recall_resamples(member, idx, device=ctx.device))
+        out["precision_ci95"] = ctx.interval(lambda idx: bootstrap.precision_resamples(member, idx), member.precision)
+        out["recall_ci95"] = ctx.interval(lambda idx: bootstrap.recall_resamples(member, idx, device=ctx.device),
+                                          member.recall)
     return out
 
 
