@@ -37,7 +37,7 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return torch.clamp(127.5 * images.float() + 128.0, 0, 255).to(torch.uint8)
 
 
-class AutoencoderLoadError(RuntimeError):
+class AutoencoderLoadError(ValueError):
     """The autoencoder weights could not be found or loaded."""
 
 
@@ -178,18 +178,72 @@ def _offline(offline: bool | None) -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+# The architecture of stabilityai/sd-vae-ft-ema and -mse (their config.json): a single weights file
+# carries no config, so this is what it is read into.
+SD_VAE_CONFIG = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "layers_per_block": 2, "norm_num_groups": 32,
+    "block_out_channels": (128, 256, 512, 512), "act_fn": "silu", "sample_size": 256,
+    "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
+}
+HUB = ("huggingface.co", 443)
+
+
+def _how_to_get(hub_id: str) -> str:
+    return (f"on a machine with internet, `huggingface-cli download {hub_id} --local-dir sd-vae` (or just its "
+            "diffusion_pytorch_model.safetensors), copy it here and pass autoencoder.path=/path/to/sd-vae "
+            "(the folder or the .safetensors file)")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection attempt, so a machine without network fails at once, not after ~25 s of retries."""
+    import socket
+
+    try:
+        with socket.create_connection(HUB, timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def load_single_file(path: str):
+    """An AutoencoderKL of the SD VAE's architecture from one ``.safetensors`` file in diffusers' layout:
+    the ``diffusion_pytorch_model.safetensors`` of stabilityai/sd-vae-ft-ema or -mse."""
+    from diffusers.models import AutoencoderKL
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(path, device="cpu")
+    except Exception as err:
+        raise AutoencoderLoadError(f"autoencoder.path={path} is not a readable .safetensors file ({err})") from None
+    module = AutoencoderKL(**SD_VAE_CONFIG)
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        shown = ", ".join((missing + unexpected)[:3])
+        raise AutoencoderLoadError(f"autoencoder.path={path} does not hold the SD VAE's weights in diffusers' "
+                                   f"layout ({len(missing)} missing, {len(unexpected)} unexpected, e.g. {shown}); "
+                                   "use the diffusion_pytorch_model.safetensors of stabilityai/sd-vae-ft-ema or -mse")
+    return module.eval()
+
+
 def _load_autoencoder_kl(source: str, subfolder: str | None, offline: bool):
     try:
         from diffusers.models import AutoencoderKL
     except ImportError as err:
         raise AutoencoderLoadError(f"the sd-vae autoencoder needs the 'diffusers' package ({err})") from None
-    try:
-        if offline and not os.path.isdir(source):
-            # Offline compute nodes must fail at once instead of retrying the hub for ~30 s; even
-            # from_pretrained(local_files_only=True) makes one request, so resolve the cache first.
-            from huggingface_hub import snapshot_download
+    if not os.path.isdir(source):
+        # Offline compute nodes must fail at once instead of retrying the hub for ~25 s; even
+        # from_pretrained(local_files_only=True) makes one request, so the cache is resolved first.
+        from huggingface_hub import snapshot_download
 
-            source = snapshot_download(source, local_files_only=True)
+        try:
+            return AutoencoderKL.from_pretrained(snapshot_download(source, local_files_only=True),
+                                                 subfolder=subfolder, local_files_only=True, low_cpu_mem_usage=False)
+        except Exception:  # not in the cache: the hub it is, if there is one
+            if offline or not _hub_reachable():
+                why = "offline mode (HF_HUB_OFFLINE)" if offline else "the Hugging Face hub cannot be reached"
+                raise AutoencoderLoadError(f"the SD VAE weights '{source}' are not on this machine and {why}: "
+                                           f"{_how_to_get(source)}") from None
+    try:
         return AutoencoderKL.from_pretrained(source, subfolder=subfolder, local_files_only=offline,
                                              low_cpu_mem_usage=False)
     except Exception as err:  # diffusers/hub raise many types (OSError, HTTP, EnvironmentError, ValueError)
@@ -214,13 +268,20 @@ def _build_sd_vae(*, variant: str = "ema", path: str | None = None, scale: float
         raise ValueError(f"autoencoder.variant={variant!r} is invalid; valid: {SD_VAE_VARIANTS}")
     if module is not None:
         key_source = f"module{_hash_state_dict(module)}"
+    elif path is not None and os.path.isfile(os.path.expanduser(path)):
+        if not path.endswith(".safetensors"):
+            raise ValueError(f"autoencoder.path={path} is a file but not a .safetensors file; pass the SD VAE's "
+                             "diffusion_pytorch_model.safetensors or its folder")
+        module = load_single_file(os.path.expanduser(path))
+        key_source = f"file{_hash_state_dict(module)}"
     elif path is not None and os.path.isdir(os.path.expanduser(path)):
         folder = os.path.expanduser(path)
         module = _load_autoencoder_kl(folder, subfolder, offline=True)
         key_source = f"local{_hash_folder(os.path.join(folder, subfolder) if subfolder else folder)}"
     elif path is not None and _looks_like_path(path):
         raise FileNotFoundError(f"autoencoder.path='{path}' does not exist; pass a folder with a diffusers "
-                                f"AutoencoderKL (config.json + weights) or a hub id like stabilityai/sd-vae-ft-ema")
+                                f"AutoencoderKL (config.json + weights), its .safetensors file, or a hub id like "
+                                f"stabilityai/sd-vae-ft-ema")
     else:
         hub_id = path or f"stabilityai/sd-vae-ft-{variant}"
         module = _load_autoencoder_kl(hub_id, subfolder, offline=_offline(offline))

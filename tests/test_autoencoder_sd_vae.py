@@ -97,10 +97,16 @@ def test_sd_vae_missing_weights_message(tmp_path, monkeypatch):
 
     monkeypatch.setattr(socket, "getaddrinfo", no_network)         # name lookups
     monkeypatch.setattr(socket.socket, "connect", no_network)      # connections by address
-    with pytest.raises(AutoencoderLoadError, match=r"could not load the SD VAE weights from "
-                                                   r"'stabilityai/sd-vae-ft-mse'.*autoencoder.path="):
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))            # an empty hub cache
+    with pytest.raises(AutoencoderLoadError, match=r"the SD VAE weights 'stabilityai/sd-vae-ft-mse' are not on this "
+                                                   r"machine and offline mode .*autoencoder.path="):
         build_autoencoder("sd-vae", variant="mse", offline=True)
     assert attempts == []  # offline mode never tries the network, so it cannot sit in retries
+    # No network and no offline flag: one quick look at the hub, then the same one line.
+    with pytest.raises(AutoencoderLoadError, match=r"the Hugging Face hub cannot be reached: on a machine with "
+                                                   r"internet, `huggingface-cli download stabilityai/sd-vae-ft-ema"):
+        build_autoencoder("sd-vae", variant="ema", offline=False)
+    assert len(attempts) == 1
     with pytest.raises(FileNotFoundError, match="autoencoder.path='.*/absent' does not exist"):
         build_autoencoder("sd-vae", path=str(tmp_path / "absent"))
 
@@ -144,3 +150,27 @@ def test_latent_cache_uses_the_vae(vae, tmp_path):
     # A different seed gives different samples (and a different cache entry).
     other = extract_latents(ds, ae, str(tmp_path), batch_size=4, seed=1)
     assert not torch.allclose(other.latents, lat.latents)
+
+
+def test_sd_vae_from_its_single_safetensors_file(tmp_path, monkeypatch):
+    from safetensors.torch import save_file
+
+    import benchmark.autoencoder as ae_mod
+
+    vae = small_vae()
+    tiny = dict(vae.config)
+    monkeypatch.setattr(ae_mod, "SD_VAE_CONFIG", {k: tiny[k] for k in ae_mod.SD_VAE_CONFIG})
+    path = tmp_path / "diffusion_pytorch_model.safetensors"
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(path))
+    ae = build_autoencoder("sd-vae", path=str(path))
+    x = torch.rand(1, 3, 16, 16) * 2 - 1
+    noise = torch.randn(1, 4, 4, 4)
+    torch.testing.assert_close(ae.encode(x, noise=noise), build_autoencoder("sd-vae", module=vae).encode(x, noise=noise))
+    wrong = tmp_path / "other.safetensors"
+    save_file({"encoder.down.0.weight": torch.zeros(2)}, str(wrong))
+    with pytest.raises(AutoencoderLoadError, match="does not hold the SD VAE's weights in diffusers' layout"):
+        build_autoencoder("sd-vae", path=str(wrong))
+    text = tmp_path / "vae.bin"
+    text.write_text("x")
+    with pytest.raises(ValueError, match="not a .safetensors file"):
+        build_autoencoder("sd-vae", path=str(text))
