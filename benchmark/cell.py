@@ -94,6 +94,14 @@ def apply_overwrite(cfg: DictConfig, stages: tuple[str, ...]) -> DictConfig:
     return with_values(cfg, overwrite=False)
 
 
+def announce(cfg: DictConfig) -> identity.CellIdentity:
+    """Say, before anything runs, which cell this is and under which recipe."""
+    ident = identity.cell_identity(cfg)
+    recipe = cfg.get("recipe") or "none (the config as composed)"
+    print(f"cell: run {ident.run_id}, evaluation {ident.eval_id}; recipe: {recipe}", flush=True)
+    return ident
+
+
 def with_values(cfg: DictConfig, **dotted) -> DictConfig:
     cfg = cfg.copy()
     OmegaConf.set_struct(cfg, False)

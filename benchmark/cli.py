@@ -38,6 +38,12 @@ VERBS: dict[str, Verb] = {
         "method= size= data= train.iterations= train.global_batch_size= train.lr= train.resume=latest "
         "train.ckpt_every= loss_weight= diffusion.noise_schedule=",
     ),
+    "latents": Verb(
+        "benchmark.train:latents_main",
+        "encode the dataset once into paths.cache (training does it first otherwise; one job before a grid "
+        "saves every cell doing it); torchrun splits the work over GPUs",
+        "data= data.path= autoencoder.path= data.latents=posterior|sample_once data.latent_dtype= paths.cache=",
+    ),
     "sample": Verb(
         "benchmark.sample:main",
         "sample N images from a checkpoint (this suite's or a published DiT one): PNGs + ADM .npz",
@@ -115,8 +121,9 @@ def usage() -> str:
         "",
         "examples:",
         "  python -m benchmark run                                  # the embedded default comparison on CPU",
-        "  python -m benchmark run method=switch_dit size=XL data=imagenet data.path=/data/train",
-        "  python -m benchmark run -m method=dit,dtr,switch_dit size=S,B",
+        "  python -m benchmark run method=switch_dit size=XL data=imagenet data.path=/data/imagenet/train "
+        "eval.reference=/refs/VIRTUAL_imagenet256_labeled.npz",
+        "  python -m benchmark run -m method=dit,dtr,switch_dit size=debug seed=0,1",
         "",
         "`python -m benchmark VERB --help` describes one verb.",
     ]

@@ -94,10 +94,10 @@ def main(cfg: DictConfig) -> dict:
         print(f"metrics: {out}")
         return result
     from benchmark import cell
-    from benchmark.run import announce, record_run
+    from benchmark.run import record_run
 
     cfg = cell.apply_overwrite(cfg, ("evaluate",))
-    announce(cfg)
+    cell.announce(cfg)
     path = cell.record_of(cfg)
     if path.exists():
         print(f"finished: {path} (overwrite=true evaluates again)")

@@ -227,6 +227,14 @@ def check(cfg: DictConfig, *, world_size: int = 1, device: torch.device | None =
     if not pre.get("enabled", True):
         return None
     check_data_fits_size(cfg)
+    if cfg.data.dataset != "digits":
+        from benchmark.data.imagefolder import ImageFolderError, check_has_images
+
+        classes = cfg.data.get("classes")
+        try:
+            check_has_images(cfg.data.path, classes if classes is None or isinstance(classes, int) else list(classes))
+        except ImageFolderError as exc:
+            raise ConfigError(str(exc)) from None
     est = estimate(cfg, world_size=world_size, device=device, memory_bytes=memory_bytes,
                    sec_per_step=sec_per_step, time_steps=time_steps)
     name = f"{cfg.method.name}-{cfg.size.name}"

@@ -109,13 +109,6 @@ def record_run(cfg: DictConfig, *, dataset=None, wall: dict | None = None) -> Pa
     return written
 
 
-def announce(cfg: DictConfig) -> identity.CellIdentity:
-    ident = identity.cell_identity(cfg)
-    recipe = cfg.get("recipe") or "none (the config as composed)"
-    print(f"cell: run {ident.run_id}, evaluation {ident.eval_id}; recipe: {recipe}", flush=True)
-    return ident
-
-
 def main(cfg: DictConfig) -> Path | None:
     from benchmark.sample import sample
     from benchmark.train import train
@@ -125,7 +118,7 @@ def main(cfg: DictConfig) -> Path | None:
     info = init_distributed()
     if info.is_main:
         cfg = cell.apply_overwrite(cfg, ("train", "sample", "evaluate"))
-        ident = announce(cfg)
+        ident = cell.announce(cfg)
     barrier()
     cfg = cell.with_values(cfg, overwrite=False)
     path = cell.record_of(cfg)

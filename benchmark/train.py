@@ -507,6 +507,7 @@ def main(cfg: DictConfig) -> TrainResult:
     info = init_distributed()
     if info.is_main:
         cfg = cell.apply_overwrite(cfg, ("train",))
+        cell.announce(cfg)
         if not cell.training_finished(cfg):
             preflight.check(cfg, world_size=info.world_size, device=info.device, memory_bytes=_memory(cfg))
     barrier()
@@ -515,3 +516,15 @@ def main(cfg: DictConfig) -> TrainResult:
         log.info("trained %s to step %d: %s", cfg.run_name, result.step, result.checkpoint)
     print(f"checkpoint: {result.checkpoint}")
     return result
+
+
+def latents_main(cfg: DictConfig) -> Path:
+    """``benchmark latents``: encode the dataset once into ``paths.cache`` (what training would do first),
+    so that the cells of a grid find the cache instead of each encoding it."""
+    info = init_distributed()
+    dataset, _, latents = build_data(cfg, info)
+    path = Path(latents.meta.get("path") or Path(cfg.paths.cache) / "latents")
+    if info.is_main:
+        print(f"latents: {len(latents)} rows of {tuple(latents.latent_shape)} for {len(dataset)} images of "
+              f"{cfg.data.name} ({cfg.data.get('latents', 'sample_once')}) in {path}")
+    return path

@@ -72,6 +72,32 @@ def count_classes(path, classes=None) -> int:
     return len(subdirs)
 
 
+def check_has_images(path, classes=None) -> None:
+    """A cheap look before anything is queued: the folder (or each class folder kept) holds an image.
+
+    Stops at the first image of each, so a million-image folder costs a few directory reads."""
+    if not path or not os.path.isdir(path):
+        return  # the config check names a missing path
+    entries = sorted(os.scandir(path), key=lambda e: e.name)
+    subdirs = [e.name for e in entries if e.is_dir()]
+    if any(e.is_file() and _is_image(e.name) for e in entries) or not subdirs:
+        folders = [path]
+    else:
+        folders = [os.path.join(path, n) for n in select_classes(subdirs, classes, path)]
+    for folder in folders:
+        if not _first_image(folder):
+            raise ImageFolderError(f"imagefolder: '{folder}' holds no images with extensions {IMG_EXTENSIONS}; "
+                                   "check data.path (class folders of images, or a folder of images)")
+
+
+def _first_image(folder: str) -> bool:
+    for _dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        if any(_is_image(f) for f in filenames):
+            return True
+    return False
+
+
 def scan_image_folder(path: str, class_folders="auto", classes=None) -> tuple[list[str], np.ndarray, list[str]]:
     """(files, labels, class_names) for `path`; class_names is [] in unconditional mode.
 
