@@ -21,6 +21,23 @@ from benchmark.aside import move_aside
 from benchmark.results import artifact_dir, record_path
 
 
+def model_build(cfg: DictConfig, *, in_channels: int, input_size: int, num_classes: int) -> dict:
+    """Arguments of ``methods.build_model`` for this cell (train, sample, preflight and compute use these)."""
+    from benchmark.config import method_options
+
+    return dict(
+        method=cfg.method.name,
+        size=cfg.size.name,
+        patch_size=cfg.model.patch_size,
+        input_size=input_size,
+        in_channels=in_channels,
+        num_classes=num_classes,
+        learn_sigma=cfg.model.learn_sigma,
+        class_dropout_prob=cfg.model.class_dropout_prob if num_classes > 0 else 0.0,
+        **method_options(cfg),
+    )
+
+
 def run_dir(cfg: DictConfig) -> Path:
     """The folder this config trains into: ``<paths.runs>/<run_name>-<training hash>``."""
     return Path(str(cfg.paths.runs)) / identity.run_id(cfg)

@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-# One definition of the format and its layout, shared with methods.load_checkpoint.
-from benchmark.atomic import atomic_write
+# One definition of the format, its layout and its writer: methods.checkpoint.
+import methods
 from methods import CHECKPOINT_FORMAT as FORMAT
-from methods import make_checkpoint
 
 _NAME = re.compile(r"^(\d{7,})\.pt$")
 
@@ -74,20 +73,13 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_torch_save(obj, path: Path) -> Path:
-    """Write ``obj`` to ``path`` through a temporary file in the same folder and a rename."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
 def save_checkpoint(path: Path, *, model, ema, optimizer, step: int, config: dict, build: dict,
                     extra: dict | None = None, scaler=None) -> Path:
-    """The trainer's checkpoint: `methods.make_checkpoint` plus optimizer, extra and RNG state, and
-    the state of an enabled `torch.amp.GradScaler` (its scale and growth tracker: plain numbers)."""
-    payload = make_checkpoint(model, ema=ema, step=step, config=config, opt=optimizer.state_dict(),
-                              rng=rng_state(), extra=extra, build=build)
-    if scaler is not None and scaler.is_enabled():
-        payload["scaler"] = scaler.state_dict()
-    return atomic_torch_save(payload, path)
+    """The trainer's checkpoint: ``methods.save_checkpoint`` with optimizer, extra and RNG state, and the
+    state of an enabled ``torch.amp.GradScaler``."""
+    return methods.save_checkpoint(path, model, ema=ema, step=step, config=config, opt=optimizer.state_dict(),
+                                   rng=rng_state(), extra=extra, build=build,
+                                   scaler=scaler.state_dict() if scaler is not None and scaler.is_enabled() else None)
 
 
 def load_training_checkpoint(path: Path) -> dict:

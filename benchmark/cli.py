@@ -13,7 +13,10 @@ import importlib.util
 import sys
 from dataclasses import dataclass
 
-from benchmark.config import GROUPS, ConfigError, check_group_choices, compose, expand_sweep, group_options
+from kernels.registry import Registry
+
+from benchmark.config import (ALIASES, GROUPS, ConfigError, check_group_choices, compose, expand_aliases,
+                              expand_sweep, group_options)
 
 
 @dataclass(frozen=True)
@@ -25,9 +28,9 @@ class Verb:
     own_help: bool = False  # True: --help goes to the verb's own argument parser, which lists every flag
 
 
-VERBS: dict[str, Verb] = {
+VERBS: Registry[Verb] = Registry("verb", {
     "run": Verb(
-        "benchmark.run:main",
+        "benchmark.pipeline:main",
         "train -> sample -> evaluate -> record -> report, for one cell or (with -m) a sweep. "
         "With no method= given it compares every registered method.",
         "method= size= data= data.path= seed= train.iterations= sample.num_samples= sample.cfg_scale=",
@@ -50,12 +53,12 @@ VERBS: dict[str, Verb] = {
         "sample.ckpt=PATH sample.num_samples= sample.sampler=ddpm|ddim sample.steps= sample.cfg_scale= sample.out=",
     ),
     "evaluate": Verb(
-        "benchmark.evaluate:main",
+        "benchmark.pipeline:evaluate_main",
         "FID / IS / Precision / Recall / KID / sFID of a sample folder or .npz (ADM protocol)",
         "eval.samples=PATH eval.reference=ADM.npz eval.num_fid_samples= eval.inception_weights=",
     ),
     "report": Verb(
-        "benchmark.run:report_main",
+        "benchmark.pipeline:report_main",
         "rebuild reports/ from results/ (markdown tables beside the published numbers, plots)",
         "paths.results= paths.reports=",
     ),
@@ -81,17 +84,7 @@ VERBS: dict[str, Verb] = {
         "the same overrides as submit",
         compose=False,
     ),
-}
-
-# Short aliases accepted anywhere on the command line (issue wording: samples=, reference=, ...).
-ALIASES = {
-    "samples": "eval.samples",
-    "reference": "eval.reference",
-    "num_fid_samples": "eval.num_fid_samples",
-    "ckpt": "sample.ckpt",
-    "resume": "train.resume",
-}
-
+})
 
 def _available_verbs() -> dict[str, Verb]:
     out = {}
@@ -143,14 +136,6 @@ def verb_help(name: str, verb: Verb) -> str:
     else:
         lines.append(f"options: {verb.keys}")
     return "\n".join(lines)
-
-
-def _expand_aliases(args: list[str]) -> list[str]:
-    out = []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        out.append(f"{ALIASES[key]}={value}" if sep and key in ALIASES else arg)
-    return out
 
 
 def _resolve(target: str):
@@ -210,7 +195,7 @@ def print_config(name: str, verb: Verb, what: str, args: list[str]) -> int:
         print(OmegaConf.to_yaml(vars(kernel_parser().parse_args(args))), end="")
         return 0
     if verb.compose:
-        overrides = [a for a in _default_comparison(name, _expand_aliases(args)) if a != "-m"]
+        overrides = [a for a in _default_comparison(name, expand_aliases(args)) if a != "-m"]
     else:
         from benchmark.launch.grid import split_args
 
@@ -237,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, args = argv[0], argv[1:]
     if name not in verbs:
-        return fail(f"unknown verb '{name}'; valid: {', '.join(verbs)}")
+        return fail(str(Registry("verb", verbs).unknown(name)))
     verb = verbs[name]
     if ("-h" in args or "--help" in args) and not verb.own_help:
         print(verb_help(name, verb))
@@ -253,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
             return int(_resolve(verb.target)(args) or 0)
         except USER_ERRORS as exc:
             return fail(str(exc))
-    args = _default_comparison(name, _expand_aliases(args))
+    args = _default_comparison(name, expand_aliases(args))
     overrides = [a for a in args if not a.startswith("-") and "=" in a]
     try:
         _precheck(overrides)
@@ -267,7 +252,10 @@ def _launch_hydra(name: str, verb: Verb, args: list[str]) -> int:
 
     from conf import CONF_DIR
 
+    from benchmark.config import register_methods
+
     func = _resolve(verb.target)
+    register_methods()
 
     def task(cfg):
         try:

@@ -18,6 +18,26 @@ from conf import CONF_DIR
 GROUPS = ("method", "size", "data", "recipe", "autoencoder", "loss_weight", "launcher")
 
 
+# Short aliases accepted anywhere on the command line.
+ALIASES = {
+    "samples": "eval.samples",
+    "reference": "eval.reference",
+    "num_fid_samples": "eval.num_fid_samples",
+    "ckpt": "sample.ckpt",
+    "resume": "train.resume",
+}
+
+
+def expand_aliases(args: list[str], extra: dict[str, str] | None = None) -> list[str]:
+    """``KEY=VALUE`` arguments with an aliased KEY spelled out (``ckpt=x`` -> ``sample.ckpt=x``)."""
+    table = {**ALIASES, **(extra or {})}
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        out.append(f"{table[key]}={value}" if sep and key in table else arg)
+    return out
+
+
 def _class_count(classes, fallback):
     """``${class_count:${data.classes},FALLBACK}``: a subset's size, else FALLBACK (a number, or a
     folder whose class subfolders are counted, 0 for a flat folder)."""
@@ -38,8 +58,36 @@ class ConfigError(ValueError):
     """An invalid configuration value; the message names the key and what is valid."""
 
 
+def _store_method(spec) -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(group="method", name=spec.name, node=spec.config_node(), provider="benchmark")
+
+
+_METHODS_STORED = False
+
+
+def register_methods() -> None:
+    """Import the plugins (``BENCHMARK_PLUGINS``) and make every registered method a choice of the
+    ``method`` group: its Hydra node (name and option defaults) comes from the method's spec."""
+    global _METHODS_STORED
+    from benchmark.plugins import load_plugins
+
+    load_plugins()
+    if not _METHODS_STORED:
+        from methods.spec import on_register
+
+        on_register(_store_method)
+        _METHODS_STORED = True
+
+
 def group_options(group: str) -> list[str]:
-    """Names of the YAML files of one config group, e.g. ``method`` -> [dit, dtr, switch_dit]."""
+    """The choices of one config group, e.g. ``method`` -> [dit, dtr, switch_dit]."""
+    if group == "method":
+        register_methods()
+        import methods
+
+        return methods.METHODS.names()
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
@@ -73,7 +121,11 @@ def check_group_choices(overrides: Iterable[str]) -> None:
         valid = group_options(key)
         for value in values:
             if str(value) not in valid:
-                raise ConfigError(f"unknown {key} '{value}'; valid: {', '.join(valid)}")
+                from kernels.registry import closest
+
+                near = closest(value, valid)
+                hint = f" (did you mean '{near}'?)" if near else ""
+                raise ConfigError(f"unknown {key} '{value}'{hint}; valid: {', '.join(valid)}")
 
 
 def _hydra_compose(overrides: list[str]) -> DictConfig:
@@ -82,6 +134,7 @@ def _hydra_compose(overrides: list[str]) -> DictConfig:
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
+    register_methods()
     if GlobalHydra.instance().is_initialized():
         return hydra_compose(config_name="config", overrides=overrides)
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
@@ -109,8 +162,26 @@ def _paths(tree, prefix: str = "") -> set[str]:
     return out
 
 
+def _followed_option(key: str) -> str | None:
+    """The key a method option follows (``method.options.num_tasks`` -> ``diffusion.num_timesteps``)."""
+    prefix, _, name = key.rpartition(".")
+    if prefix != "method.options":
+        return None
+    import methods
+
+    for spec in methods.METHODS.values():
+        option = spec.options.get(name)
+        if option is not None and option.follows:
+            return option.follows
+    return None
+
+
 def _unknown_key(key: str, known: set[str]) -> ConfigError:
     import difflib
+
+    follows = _followed_option(key)
+    if follows:
+        return ConfigError(f"{key} is not set directly: it follows {follows}; set {follows} instead")
 
     close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]}?" if close else "; `python -m benchmark run --cfg job` lists the keys"
@@ -301,22 +372,27 @@ def _check_loss_weight(cfg: DictConfig) -> None:
             raise ConfigError(f"loss_weight.clustering={lw.clustering} is invalid; expected uniform or snr")
 
 
-def loss_weight_spec(cfg: DictConfig) -> str:
-    """The string form understood by benchmark.diffusion.loss_weights (e.g. ``min_snr_5``)."""
-    lw = cfg.loss_weight
-    table = {
-        "constant": lambda: "constant",
-        "uw": lambda: "constant",
-        "min_snr": lambda: f"min_snr_{lw.k}",
-        "p2": lambda: f"p2_{lw.gamma}_{lw.k}",
-    }
-    return table[lw.name]()
+def loss_weight_fn(cfg: DictConfig):
+    """The per-sample loss weight of ``loss_weight=<name>`` with the group's keys as its parameters."""
+    from benchmark.diffusion.loss_weights import loss_weight
+
+    params = OmegaConf.to_container(cfg.loss_weight, resolve=True)
+    name = params.pop("name")
+    return loss_weight(name, **params)
 
 
 def method_options(cfg: DictConfig) -> dict:
-    """The method's build options as a plain dict (empty for DiT)."""
+    """The method's build options as a plain dict (empty for DiT), with the options that follow
+    another key filled from it (DTR's and Switch-DiT's ``num_tasks`` = ``diffusion.num_timesteps``)."""
+    import methods
+
     options = cfg.method.get("options")
-    return dict(OmegaConf.to_container(options, resolve=True)) if options else {}
+    out = dict(OmegaConf.to_container(options, resolve=True)) if options else {}
+    spec = methods.method_spec(cfg.method.name)
+    for name, option in spec.options.items():
+        if option.follows is not None:
+            out[name] = _get(cfg, option.follows)
+    return out
 
 
 def _check_method_options(cfg: DictConfig) -> None:

@@ -3,17 +3,16 @@
 The reference is ``eval.reference`` when given (an ADM reference batch .npz or a folder of
 images), otherwise the dataset's own images (their Inception statistics are computed once
 and cached). When the samples are a run's own (no ``eval.samples``), the result is
-recorded under ``results/`` like ``benchmark run`` does; for outside samples the metrics
+recorded under ``results/`` like ``benchmark run`` does (benchmark.pipeline); for outside samples the metrics
 are printed and written beside them as ``<samples>.metrics.json``.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from omegaconf import DictConfig
 
-from benchmark.atomic import atomic_write_text
+
 
 
 def reference_for(cfg: DictConfig, dataset=None):
@@ -76,32 +75,3 @@ def format_metrics(metrics: dict) -> str:
             shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         lines.append(f"  {key:<18} {shown}")
     return "\n".join(lines)
-
-
-def _write_json_atomic(obj: dict, path: Path) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True))
-
-
-def main(cfg: DictConfig) -> dict:
-    if cfg.eval.samples:
-        samples = Path(str(cfg.eval.samples))
-        if not samples.exists():
-            raise FileNotFoundError(f"eval.samples={samples} does not exist; pass an .npz or a folder of PNGs")
-        result = evaluate_samples(cfg, samples)
-        out = samples.with_name(samples.name + ".metrics.json") if samples.is_file() else samples / "metrics.json"
-        _write_json_atomic(result, out)
-        print(format_metrics(result["metrics"]))
-        print(f"metrics: {out}")
-        return result
-    from benchmark import cell
-    from benchmark.run import record_run
-
-    cfg = cell.apply_overwrite(cfg, ("evaluate",))
-    cell.announce(cfg)
-    path = cell.record_of(cfg)
-    if path.exists():
-        print(f"finished: {path} (overwrite=true evaluates again)")
-        return {"record": str(path)}
-    path = record_run(cfg)
-    print(f"record: {path}")
-    return {"record": str(path)}

@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from benchmark.atomic import atomic_write_json
+from methods.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 

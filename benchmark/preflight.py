@@ -20,7 +20,6 @@ latents (S, B, L, XL) on the embedded 8x8 digits, saying what to type instead.
 """
 from __future__ import annotations
 
-import os
 import sys
 import time
 from dataclasses import dataclass
@@ -30,7 +29,8 @@ from omegaconf import DictConfig
 
 import methods
 from benchmark.compute import forward_flops_per_image, meta_model
-from benchmark.config import ConfigError, latent_geometry, method_options
+from benchmark.cell import model_build
+from benchmark.config import ConfigError, latent_geometry
 
 STATE_BYTES_PER_PARAM = 4 + 4 + 8 + 4   # fp32 weights, gradients, Adam m and v, EMA weights
 EMBEDDED_DATASETS = ("digits",)         # tiny data that ships with the suite: only the debug size fits it
@@ -89,9 +89,7 @@ def _input_shape(cfg: DictConfig) -> tuple[int, int]:
 
 def build_arguments(cfg: DictConfig) -> dict:
     channels, side = _input_shape(cfg)
-    return dict(method=cfg.method.name, size=cfg.size.name, patch_size=cfg.model.patch_size, input_size=side,
-                in_channels=channels, num_classes=int(cfg.data.num_classes), learn_sigma=cfg.model.learn_sigma,
-                **method_options(cfg))
+    return model_build(cfg, in_channels=channels, input_size=side, num_classes=int(cfg.data.num_classes))
 
 
 def _meta_inputs(model, batch: int, device="meta"):
@@ -254,5 +252,7 @@ def check(cfg: DictConfig, *, world_size: int = 1, device: torch.device | None =
     return est
 
 
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+def memory_override(cfg: DictConfig) -> int | None:
+    """``preflight.device_memory_gb`` in bytes (None: ask the device)."""
+    gb = (cfg.get("preflight") or {}).get("device_memory_gb")
+    return None if gb is None else int(float(gb) * GB)

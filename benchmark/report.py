@@ -24,9 +24,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import methods
 from benchmark import runs_report
-from benchmark.atomic import atomic_write_text
 from benchmark.results import scan_records
+from methods.atomic import atomic_write_text
 from benchmark.speed import goals as speed_goals
 from benchmark.speed.records import fused_kernel_sha256
 
@@ -262,14 +263,13 @@ def kernels_page(entries: list[tuple[str, Any]], current_kernel: str | None = No
     return "\n".join(lines).rstrip() + "\n"
 
 
-METHOD_SPEED_ORDER = ("dit", "dtr", "switch_dit")
 
 
 def _method_row_key(row: dict) -> tuple:
     method, size = str(row.get("method")), str(row.get("size"))
     official = method.startswith("official_")
     base = method[len("official_"):] if official else method
-    m = METHOD_SPEED_ORDER.index(base) if base in METHOD_SPEED_ORDER else len(METHOD_SPEED_ORDER)
+    m = runs_report.method_rank(base)
     s = SIZE_ORDER.index(size) if size in SIZE_ORDER else len(SIZE_ORDER)
     return s, size, official, m, method
 
@@ -290,7 +290,8 @@ def _method_table(data: dict) -> list[str]:
     rows = [r for r in list(data.get("results") or []) + list(data.get("official") or [])
             if isinstance(r, dict) and r.get("size") is not None]
     rows.sort(key=_method_row_key)
-    dit = {r["size"]: r for r in rows if r.get("method") == "dit" and _num(r.get("train_step_ms"))}
+    base_spec = methods.baseline()
+    dit = {r["size"]: r for r in rows if r.get("method") == base_spec.name and _num(r.get("train_step_ms"))}
     iqr = any(_num(r.get("train_step_iqr_ms")) is not None for r in rows)
 
     def ratio(r, key):
@@ -298,14 +299,14 @@ def _method_table(data: dict) -> list[str]:
         return "n/a" if v is None or not _num(base) else f"{v / base:.3f}"
 
     columns = ["Model", "Train step ms", *(["Train IQR ms"] if iqr else []), "Eval forward ms",
-               *(["Eval IQR ms"] if iqr else []), "Train / DiT", "Eval / DiT", "Train peak MiB", "Params"]
+               *(["Eval IQR ms"] if iqr else []), f"Train / {base_spec.display}", f"Eval / {base_spec.display}", "Train peak MiB", "Params"]
     table = []
     for r in rows:
         peak, params = _num(r.get("train_peak_mem_mib")), _num(r.get("params"))
         table.append({"Model": _method_label(r), "Train step ms": _ms(r.get("train_step_ms")),
                       "Train IQR ms": _ms(r.get("train_step_iqr_ms")), "Eval forward ms": _ms(r.get("eval_forward_ms")),
-                      "Eval IQR ms": _ms(r.get("eval_forward_iqr_ms")), "Train / DiT": ratio(r, "train_step_ms"),
-                      "Eval / DiT": ratio(r, "eval_forward_ms"),
+                      "Eval IQR ms": _ms(r.get("eval_forward_iqr_ms")), f"Train / {base_spec.display}": ratio(r, "train_step_ms"),
+                      f"Eval / {base_spec.display}": ratio(r, "eval_forward_ms"),
                       "Train peak MiB": "n/a" if peak is None else f"{peak:.0f}",
                       "Params": "n/a" if params is None else f"{params / 1e6:.1f}M"})
     errors = [f"- {_method_label(r)}: {str(r['error']).splitlines()[0][:120]}" for r in rows if r.get("error")]

@@ -27,7 +27,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-from benchmark.atomic import atomic_write, atomic_write_text
+from methods.atomic import atomic_write, atomic_write_text
 from benchmark.identity import check_spec_hash
 
 SCHEMA_VERSION = 2

@@ -30,10 +30,9 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+import methods
 from benchmark.identity import spec_hash
-
-METHOD_NAMES = {"dit": "DiT", "dtr": "DTR", "switch_dit": "Switch-DiT"}
-METHOD_ORDER = ("dit", "dtr", "switch_dit")
+from benchmark.plugins import load_plugins
 SIZE_ORDER = ("S", "B", "L", "XL", "debug")
 PNG_METADATA = {"Software": None}  # no version/time stamps in PNG bytes
 MINUS = "\u2212"
@@ -49,14 +48,21 @@ DETAIL_METRICS = (("KID", "kid", 4), ("sFID", "sfid", 2), ("clean-FID", "fid_cle
 
 
 def model_label(method: str, size: str, patch_size: int | None = 2) -> str:
-    label = f"{METHOD_NAMES.get(method, method)}-{size}"
+    """``Switch-DiT-XL`` (``/4`` added for another patch): the method's display name from its spec."""
+    load_plugins()
+    label = f"{methods.display_name(method)}-{size}"
     return label if patch_size in (None, 2) else f"{label}/{patch_size}"
+
+
+def method_rank(method: str) -> int:
+    """Methods in registration order (the baseline first); unknown ones after them."""
+    names = methods.METHODS.names()
+    return names.index(method) if method in names else len(names)
 
 
 def _order_key(method: str, size: str) -> tuple:
     s = SIZE_ORDER.index(size) if size in SIZE_ORDER else len(SIZE_ORDER)
-    m = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
-    return (s, size, m, method)
+    return (s, size, method_rank(method), method)
 
 
 def num(value: Any) -> float | None:

@@ -24,7 +24,7 @@ from PIL import Image
 
 import methods
 from benchmark import cell
-from benchmark.atomic import atomic_write, atomic_write_json
+from methods.atomic import atomic_write, atomic_write_json
 from benchmark.distributed import barrier, init_distributed
 
 log = logging.getLogger(__name__)
@@ -48,15 +48,14 @@ def respacing(sampler: str, steps: int) -> str:
 
 def _model_build_overrides(cfg: DictConfig) -> dict:
     """Build arguments used when the checkpoint does not carry its own (published DiT weights)."""
-    from benchmark.config import latent_geometry, method_options
+    from benchmark.cell import model_build
+    from benchmark.config import latent_geometry
 
     down, side = latent_geometry(cfg)
-    channels = 4 if down == 8 else None
-    kw = dict(patch_size=cfg.model.patch_size, input_size=side, num_classes=cfg.data.num_classes,
-              learn_sigma=cfg.model.learn_sigma,
-              **method_options(cfg))
-    if channels is not None:
-        kw["in_channels"] = channels
+    kw = model_build(cfg, in_channels=4, input_size=side, num_classes=cfg.data.num_classes)
+    # method and size are load_checkpoint's own arguments; label dropout is what the weights were trained with
+    for key in ("method", "size", "class_dropout_prob") + (() if down == 8 else ("in_channels",)):
+        kw.pop(key)
     return kw
 
 

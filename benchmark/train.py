@@ -36,8 +36,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import methods
 from benchmark import checkpoint as ckpt_io
 from benchmark import cell, identity, pause, preempt
-from benchmark.atomic import atomic_write_json, atomic_write_text
-from benchmark.config import loss_weight_spec, method_options
+from methods.atomic import atomic_write_json, atomic_write_text
+from benchmark.config import loss_weight_fn
 from benchmark.distributed import DistInfo, barrier, init_distributed
 
 log = logging.getLogger(__name__)
@@ -111,21 +111,6 @@ def make_autoencoder(cfg: DictConfig, *, image_channels: int, device):
     return build_autoencoder(**kw, device=device)
 
 
-def build_kwargs(cfg: DictConfig, *, in_channels: int, input_size: int, num_classes: int) -> dict:
-    """Arguments of methods.build_model for this cell."""
-    return dict(
-        method=cfg.method.name,
-        size=cfg.size.name,
-        patch_size=cfg.model.patch_size,
-        input_size=input_size,
-        in_channels=in_channels,
-        num_classes=num_classes,
-        learn_sigma=cfg.model.learn_sigma,
-        class_dropout_prob=cfg.model.class_dropout_prob if num_classes > 0 else 0.0,
-        **method_options(cfg),
-    )
-
-
 @torch.no_grad()
 def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     ema_params = dict(ema.named_parameters())
@@ -139,7 +124,7 @@ class LossWeighting:
     def __init__(self, cfg: DictConfig, diffusion, device):
         from benchmark.diffusion import loss_weights as lw
 
-        self.weight_fn = lw.parse_loss_weight(loss_weight_spec(cfg))
+        self.weight_fn = loss_weight_fn(cfg)
         self.alphas_cumprod = diffusion.alphas_cumprod
         self.uw = None
         if cfg.loss_weight.name == "uw":
@@ -282,7 +267,7 @@ def train(cfg: DictConfig) -> TrainResult:
 
     dataset, _, latents = build_data(cfg, info)
     c, h, w = latents.latents.shape[1:]
-    build = build_kwargs(cfg, in_channels=c, input_size=h, num_classes=dataset.num_classes)
+    build = cell.model_build(cfg, in_channels=c, input_size=h, num_classes=dataset.num_classes)
     if payload is not None:
         _check_compatible(payload, build, resume_from)
 
@@ -502,14 +487,14 @@ def _progress(cfg, info: DistInfo, start: int, total: int):
 
 def main(cfg: DictConfig) -> TrainResult:
     from benchmark import preflight
-    from benchmark.run import _memory
 
     info = init_distributed()
     if info.is_main:
         cfg = cell.apply_overwrite(cfg, ("train",))
         cell.announce(cfg)
         if not cell.training_finished(cfg):
-            preflight.check(cfg, world_size=info.world_size, device=info.device, memory_bytes=_memory(cfg))
+            preflight.check(cfg, world_size=info.world_size, device=info.device,
+                            memory_bytes=preflight.memory_override(cfg))
     barrier()
     result = train(cell.with_values(cfg, overwrite=False))
     if math.isfinite(result.final_loss or 0.0):

@@ -15,6 +15,7 @@ import torch
 
 from .moe_torch import moe_linear_torch
 from .moe_validate import validate_moe_inputs
+from .registry import Registry
 
 
 def _triton_backend(x, weight, bias, expert_idx, gates):
@@ -25,16 +26,16 @@ def _triton_backend(x, weight, bias, expert_idx, gates):
     return moe_linear_triton(x, weight, bias, expert_idx, gates)
 
 
-BACKENDS: dict[str, Callable] = {"torch": moe_linear_torch, "triton": _triton_backend}
+BACKENDS: Registry[Callable] = Registry("MoE backend", {"torch": moe_linear_torch, "triton": _triton_backend})
 VALID_BACKENDS = ("auto", *BACKENDS)
 
 
 def resolve_backend(backend: str, x: torch.Tensor) -> str:
-    """Name of the backend that `backend` selects for input x."""
-    if not isinstance(backend, str) or backend not in VALID_BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; valid backends are {list(VALID_BACKENDS)}")
+    """Name of the backend that `backend` selects for input x ("auto": triton on CUDA, else torch)."""
     if backend == "auto":
         return "triton" if isinstance(x, torch.Tensor) and x.is_cuda else "torch"
+    if backend not in BACKENDS:
+        raise Registry("MoE backend", dict.fromkeys(VALID_BACKENDS)).unknown(backend)
     return backend
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from .moe import BACKENDS, autocast_cast, autocast_dtype, resolve_backend
+from .registry import Registry
 from .moe_validate import validate_moe_inputs
 
 
@@ -64,7 +65,7 @@ def _mask_triton(x, weight, bias, expert_idx, gates):
     return moe_mask_triton(x, weight, bias, expert_idx, gates)
 
 
-MASK_BACKENDS = {"torch": _mask_torch, "triton": _mask_triton}
+MASK_BACKENDS = Registry("mask backend", {"torch": _mask_torch, "triton": _mask_triton})
 
 
 def moe_mask(x, weight, bias, expert_idx, gates, backend: str = "auto", *, check_indices: bool = True):

@@ -6,18 +6,24 @@ Public API:
     validate_options(method, **options) -> dict
     load_checkpoint(path, method=None, size=None, *, use_ema=True, **build_kw)
     save_checkpoint(path, model, *, ema=None, step=0, config=None, opt=None, rng=None)
-    METHODS, SIZES, register_method
+    METHODS, SIZES, register_method(MethodSpec(...)), method_spec(name)
 """
 from .checkpoint import CHECKPOINT_FORMAT, load_checkpoint, make_checkpoint, read_checkpoint, save_checkpoint, unwrap_model
 from .registry import METHODS, SIZES, build_model, register_method, size_name, validate_options
+from .spec import MethodSpec, OfficialCheckpoint, baseline, display_name, method_spec
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "METHODS",
+    "MethodSpec",
+    "OfficialCheckpoint",
     "SIZES",
+    "baseline",
     "build_model",
+    "display_name",
     "load_checkpoint",
     "make_checkpoint",
+    "method_spec",
     "read_checkpoint",
     "register_method",
     "save_checkpoint",

@@ -20,9 +20,10 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from kernels.atomic import atomic_write
+from .atomic import atomic_write
 
-from .converters import convert_reference_state_dict, detect_method, infer_dit_build, official_build_kwargs, strip_prefixes
+from .converters import (convert_reference_state_dict, detect_method, infer_dit_build, is_fallback, official_build_kwargs,
+                         strip_prefixes)
 from .registry import SIZES, build_model, size_name
 from .safe_load import safe_torch_load, to_plain
 
@@ -49,6 +50,7 @@ def make_checkpoint(
     rng: Any = None,
     extra: Mapping[str, Any] | None = None,
     build: Mapping[str, Any] | None = None,
+    scaler: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The suite's checkpoint dict, the one definition of its layout (the trainer writes it too).
 
@@ -59,7 +61,7 @@ def make_checkpoint(
     build = build if build is not None else getattr(model, "build_kwargs", None)
     if not build:
         raise ValueError("model has no build_kwargs; build it with methods.build_model")
-    return {
+    payload = {
         "format": CHECKPOINT_FORMAT,
         "model": _cpu_state(model),
         "ema": _cpu_state(unwrap_model(ema)) if ema is not None else None,
@@ -70,16 +72,23 @@ def make_checkpoint(
         "build": dict(build),
         "rng": rng,
     }
+    if scaler is not None:  # an fp16 run's GradScaler (its scale and growth tracker: plain numbers)
+        payload["scaler"] = dict(scaler)
+    return payload
 
 
 def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
+def atomic_torch_save(obj: Any, path: str | pathlib.Path) -> pathlib.Path:
+    """``torch.save`` through a temporary file in the same folder and a rename."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
 def save_checkpoint(path: str | pathlib.Path, model: nn.Module, **kwargs: Any) -> pathlib.Path:
-    """Write ``make_checkpoint(model, **kwargs)`` atomically (temp file + rename)."""
-    payload = make_checkpoint(model, **kwargs)
-    return atomic_write(path, lambda tmp: torch.save(payload, tmp))
+    """Write ``make_checkpoint(model, **kwargs)`` atomically: the one writer of the suite's checkpoints."""
+    return atomic_torch_save(make_checkpoint(model, **kwargs), path)
 
 
 def read_checkpoint(path: str | pathlib.Path) -> Any:
@@ -177,8 +186,9 @@ def load_checkpoint(
                 f"{path} is a bare '{found}' state dict without build information; pass method= and size= "
                 f"(e.g. load_checkpoint(path, method='{found}', size='XL'))"
             )
-        # Without router tensors a state dict may be a DiT or one of our DTR models (same keys).
-        if found != "dit" or method == "switch_dit":
+        # Without routing tensors of its own a state dict may be any method that adds no
+        # parameters (a DiT or one of our DTR models: same keys).
+        if not (is_fallback(found) and is_fallback(method)):
             _check_method(path, found, method)
         inferred = infer_dit_build(state)
         hidden, depth = inferred.pop("hidden_size"), inferred.pop("depth")

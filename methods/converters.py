@@ -1,15 +1,11 @@
-"""Converters from reference checkpoints to this package's state-dict layout.
+"""Reading checkpoints of the official code bases: the parts every method shares.
 
-* Published DiT weights (arXiv 2212.09748) already use our names; only the
-  build arguments are inferred from tensor shapes.
-* The DTR reference code (arXiv 2310.07138) stores one T×D mask table per
-  block (``blocks.N.routing._unit_mapping``, or ``routers.N._unit_mapping`` in
-  the Switch-DiT code base).  Ours is a closed-form, non-persistent buffer, so
-  the tables are checked against the closed form and dropped.
-* The Switch-DiT reference code (arXiv 2403.09176) names the gate
-  ``routers.N.f_gate.1`` and the experts ``routers.N.experts.w|b`` (already
-  laid out [E, D_in, D_out]); it also stores the prior table
-  ``prior._unit_mapping`` and ``full_time = arange(T)``, both re-derivable.
+Wrapper prefixes are stripped, the backbone's build arguments are inferred from
+tensor shapes (published DiT weights, arXiv 2212.09748, already use this
+suite's names), and the official Hydra config's model name is parsed here.
+What is particular to a method (how its routing tensors are named, which
+tables are re-derivable, how its config's routing section maps onto options)
+is the ``OfficialCheckpoint`` of its spec, in the method's own file.
 """
 from __future__ import annotations
 
@@ -18,12 +14,7 @@ from typing import Any, Mapping
 
 import torch
 
-from .masks import window_mask_table
-
 _PREFIXES = ("module.", "_orig_mod.")
-_OFFICIAL_SWITCH = re.compile(r"^(routers\.\d+\.f_gate\.|prior\._unit_mapping$|full_time$)")
-_OURS_SWITCH = re.compile(r"^routers\.\d+\.gate\.")
-_DTR_TABLE = re.compile(r"^(blocks\.\d+\.routing|routers\.\d+)\._unit_mapping$")
 _MODEL_NAME = re.compile(r"^DiT-(S|B|L|XL)/(\d+)$")
 
 
@@ -42,20 +33,34 @@ def strip_prefixes(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]
 
 
 def detect_method(state: Mapping[str, torch.Tensor]) -> tuple[str, bool]:
-    """(method, is_reference_layout) judged from parameter names alone.
+    """(method, is_reference_layout) judged from parameter names alone, by asking each method's spec.
 
-    A state dict without router tensors is reported as ``dit``; note that our own
-    DTR state dicts have exactly the DiT keys (the mask is a closed form), so
-    only this package's checkpoint format can tell them apart.
+    A state dict that no method with parameters of its own claims is reported as the
+    fallback method (the DiT baseline); note that DTR state dicts of this suite have exactly
+    the DiT keys (the mask is a closed form), so only this package's checkpoint format can
+    tell them apart.
     """
+    from .spec import METHODS
+
     keys = list(state)
-    if any(_OFFICIAL_SWITCH.match(k) for k in keys):
-        return "switch_dit", True
-    if any(_OURS_SWITCH.match(k) for k in keys):
-        return "switch_dit", False
-    if any(_DTR_TABLE.match(k) for k in keys):
-        return "dtr", True
-    return "dit", False
+    claims = [(spec.name, layout) for spec in METHODS.values() if spec.official is not None
+              and not spec.official.fallback and (layout := spec.official.layout(keys)) is not None]
+    if len(claims) > 1:
+        raise ValueError(f"state dict is claimed by several methods ({', '.join(n for n, _ in claims)}); "
+                         "pass method= to say which")
+    if claims:
+        return claims[0]
+    fallback = [spec.name for spec in METHODS.values() if spec.official is not None and spec.official.fallback]
+    return fallback[0], False
+
+
+def is_fallback(method: str) -> bool:
+    """Whether ``method``'s state dicts have no parameters of their own (DiT, DTR): a bare state
+    dict without routing tensors may then be any of them."""
+    from .spec import METHODS
+
+    spec = METHODS.lookup(method)
+    return spec.official is None or spec.official.fallback or not spec.official.own_keys
 
 
 def infer_dit_build(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -88,7 +93,7 @@ def infer_dit_build(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     return build
 
 
-def _get(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
+def config_value(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
     node: Any = cfg
     for part in dotted.split("."):
         if not isinstance(node, Mapping) or part not in node:
@@ -99,14 +104,14 @@ def _get(cfg: Mapping[str, Any], dotted: str, default: Any = None) -> Any:
 
 def official_build_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
     """Build arguments from the (plain-dict) Hydra config saved by the DTR / Switch-DiT ``train.py``."""
-    name = _get(config, "models.name")
+    name = config_value(config, "models.name")
     match = _MODEL_NAME.match(str(name))
     if not match:
         raise ValueError(f"reference config has models.name={name!r}; expected 'DiT-<S|B|L|XL>/<patch>'")
-    latent = _get(config, "models.param.latent_size")
+    latent = config_value(config, "models.param.latent_size")
     if not isinstance(latent, int):
-        latent = int(_get(config, "general.image_size", 256)) // 8  # what their train.py sets it to
-    num_classes = int(_get(config, "models.param.num_classes", 1000))
+        latent = int(config_value(config, "general.image_size", 256)) // 8  # what their train.py sets it to
+    num_classes = int(config_value(config, "models.param.num_classes", 1000))
     build: dict[str, Any] = {
         "size": match.group(1),
         "patch_size": int(match.group(2)),
@@ -117,39 +122,23 @@ def official_build_kwargs(config: Mapping[str, Any]) -> dict[str, Any]:
         # Their DiT disables label dropout (and the null row) for single-class data.
         "class_dropout_prob": 0.0 if num_classes == 1 else 0.1,
     }
-    routing = _get(config, "routing")
-    if routing is None:  # the DTR code base keeps its routing knobs under models.routing
-        routing = _get(config, "models.routing") or {}
-        init = routing.get("init_method", "DTR")
-        if init != "DTR":
-            raise ValueError(f"reference DTR checkpoint uses init_method={init!r}; only the 'DTR' sliding-window mask is supported")
-        # alpha is fixed at 4 in that code base
-        return _dtr_build(build, 4.0, routing.get("sharing_ratio", 0.8), routing.get("taskcount", 1000))
-    kind = routing.get("name")
-    param = routing.get("param", {}) or {}
-    if kind == "DTR":
-        _dtr_build(build, param.get("alpha", 4.0), param.get("beta", 0.8), param.get("taskcount", 1000))
-    elif kind == "DMoE":
-        build["method"] = "switch_dit"
-        build["method_options"] = {
-            "num_experts": int(param.get("num_experts", 3)),
-            "top_k": int(param.get("k", 2)),
-            "w_jsd": float(routing.get("w_JSD", 1.0)),
-            "num_tasks": int(routing.get("taskcount", 1000)),
-            "prior_alpha": 4.0,  # fixed in that code base
-        }
+    from .spec import METHODS
+
+    routing = config_value(config, "routing")
+    if routing is None:  # the DTR code base keeps its routing knobs under models.routing, without a name
+        routing = config_value(config, "models.routing") or {}
+        kind = None
     else:
-        raise ValueError(f"reference config has routing.name={kind!r}; supported: 'DTR', 'DMoE'")
-    return build
+        kind = routing.get("name")
+    for spec in METHODS.values():
+        if spec.official is not None and kind in spec.official.routing_names:
+            return {**build, "method": spec.name, "method_options": spec.official.options(routing)}
+    supported = [n for spec in METHODS.values() if spec.official for n in spec.official.routing_names if n]
+    raise ValueError(f"reference config has routing.name={kind!r}; supported: {', '.join(map(repr, supported))}")
 
 
-def _dtr_build(build: dict[str, Any], alpha: Any, beta: Any, num_tasks: Any) -> dict[str, Any]:
-    build["method"] = "dtr"
-    build["method_options"] = {"alpha": float(alpha), "beta": float(beta), "num_tasks": int(num_tasks)}
-    return build
-
-
-def _check_table(key: str, table: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+def check_table(key: str, table: torch.Tensor, expected: torch.Tensor, what: str) -> None:
+    """A stored table that this suite re-derives must equal its closed form (else it is refused)."""
     if tuple(table.shape) != tuple(expected.shape):
         raise ValueError(f"{key} has shape {tuple(table.shape)}, expected {tuple(expected.shape)} for {what}")
     if not torch.equal(table.float().cpu(), expected):
@@ -159,28 +148,10 @@ def _check_table(key: str, table: torch.Tensor, expected: torch.Tensor, what: st
 def convert_reference_state_dict(
     state: Mapping[str, torch.Tensor], method: str, hidden_size: int, depth: int, options: Mapping[str, Any]
 ) -> dict[str, torch.Tensor]:
-    """Reference DTR / Switch-DiT names → ours, verifying and dropping the re-derivable tables."""
-    out: dict[str, torch.Tensor] = {}
-    if method == "dtr":
-        expected = window_mask_table(options["num_tasks"], hidden_size, options["alpha"], options["beta"])
-        for key, value in state.items():
-            if _DTR_TABLE.match(key):
-                _check_table(key, value, expected, f"DTR mask (alpha={options['alpha']}, beta={options['beta']})")
-            else:
-                out[key] = value
-        return out
-    if method == "switch_dit":
-        e, k, tasks = options["num_experts"], options["top_k"], options["num_tasks"]
-        for key, value in state.items():
-            if key == "full_time":
-                _check_table(key, value, torch.arange(tasks).float(), "timestep list arange(T)")
-            elif key == "prior._unit_mapping":
-                prior = window_mask_table(tasks, depth * e, options["prior_alpha"], k / e)
-                _check_table(key, value, prior, f"Switch-DiT prior (k/E={k}/{e})")
-            else:
-                key = re.sub(r"^(routers\.\d+)\.f_gate\.", r"\1.gate.", key)
-                key = re.sub(r"^(routers\.\d+\.experts)\.w$", r"\1.weight", key)
-                key = re.sub(r"^(routers\.\d+\.experts)\.b$", r"\1.bias", key)
-                out[key] = value
-        return out
-    return dict(state)
+    """The official code's names -> ours for ``method``, through the method's spec."""
+    from .spec import METHODS
+
+    official = METHODS.lookup(method).official
+    if official is None:
+        return dict(state)
+    return official.convert(state, hidden_size, depth, options)

@@ -26,6 +26,7 @@ from kernels.moe_mask import apply_mask
 
 from .layers import DiTBlock, FinalLayer, LabelEmbedder, PatchEmbed, TimestepEmbedder, sincos_pos_embed_2d
 from .options import Option
+from .spec import MethodSpec, OfficialCheckpoint, register_method
 
 
 class DiT(nn.Module):
@@ -194,3 +195,8 @@ class DiT(nn.Module):
         if return_aux:
             return out, self.aux_losses(routing)
         return out
+
+
+# Published DiT weights use this suite's names; any state dict no routed method claims is a DiT.
+register_method(MethodSpec("dit", "DiT", DiT, OfficialCheckpoint(fallback=True),
+                           summary="the diffusion transformer baseline (arXiv 2212.09748)"))

@@ -17,14 +17,17 @@ dict has exactly the DiT keys.
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+import re
+from typing import Any, Mapping
 
 import torch
 
 from .diagnostics import save_heatmap
 from .dit import DiT
 from .masks import task_index, window_mask_table
+from .converters import check_table
 from .options import Option
+from .spec import MethodSpec, OfficialCheckpoint, register_method
 
 
 class DTR(DiT):
@@ -34,7 +37,8 @@ class DTR(DiT):
     OPTIONS = {
         "alpha": Option(4.0, float, lambda v: v > 0, "> 0", "window slide exponent α"),
         "beta": Option(0.8, float, lambda v: 0 < v <= 1, "in (0, 1]", "fraction of channels active per task β"),
-        "num_tasks": Option(1000, int, lambda v: v >= 2, "an integer >= 2", "number of diffusion timesteps T"),
+        "num_tasks": Option(1000, int, lambda v: v >= 2, "an integer >= 2", "number of diffusion timesteps T",
+                            follows="diffusion.num_timesteps"),
     }
 
     def __init__(self, *, alpha: float = 4.0, beta: float = 0.8, num_tasks: int = 1000, **backbone: Any):
@@ -67,3 +71,44 @@ class DTR(DiT):
             cmap="gray",
         )
         return {"dtr_masks": path}
+
+
+# --------------------------------------------------------------------- official checkpoints
+# The DTR code (arXiv 2310.07138) stores one T×D mask table per block (``blocks.N.routing._unit_mapping``,
+# or ``routers.N._unit_mapping`` in the Switch-DiT code base); ours is the closed form, so each
+# table is checked against it and dropped.
+_TABLE = re.compile(r"^(blocks\.\d+\.routing|routers\.\d+)\._unit_mapping$")
+
+
+def _layout(keys: list[str]) -> bool | None:
+    return True if any(_TABLE.match(k) for k in keys) else None
+
+
+def _options(routing: Mapping[str, Any]) -> dict[str, Any]:
+    if "name" not in routing:  # the DTR code base: models.routing, alpha fixed at 4
+        init = routing.get("init_method", "DTR")
+        if init != "DTR":
+            raise ValueError(f"reference DTR checkpoint uses init_method={init!r}; "
+                             "only the 'DTR' sliding-window mask is supported")
+        alpha, beta, tasks = 4.0, routing.get("sharing_ratio", 0.8), routing.get("taskcount", 1000)
+    else:  # the Switch-DiT code base: routing.name = DTR, knobs under routing.param
+        param = routing.get("param", {}) or {}
+        alpha, beta, tasks = param.get("alpha", 4.0), param.get("beta", 0.8), param.get("taskcount", 1000)
+    return {"alpha": float(alpha), "beta": float(beta), "num_tasks": int(tasks)}
+
+
+def _convert(state, hidden_size: int, depth: int, options: Mapping[str, Any]) -> dict:
+    expected = window_mask_table(options["num_tasks"], hidden_size, options["alpha"], options["beta"])
+    out = {}
+    for key, value in state.items():
+        if _TABLE.match(key):
+            check_table(key, value, expected, f"DTR mask (alpha={options['alpha']}, beta={options['beta']})")
+        else:
+            out[key] = value
+    return out
+
+
+register_method(MethodSpec("dtr", "DTR", DTR,
+                           OfficialCheckpoint(layout=_layout, routing_names=(None, "DTR"), options=_options,
+                                              convert=_convert),
+                           summary="denoising task routing: timestep-indexed channel masks (arXiv 2310.07138)"))

@@ -19,6 +19,9 @@ class Option:
     valid: Callable[[Any], bool]
     valid_text: str
     doc: str = ""
+    # A configuration key this option always takes its value from (``num_tasks`` follows
+    # ``diffusion.num_timesteps``); the harness fills it in, so it is not a config key itself.
+    follows: str | None = None
 
 
 def _coerce(method: str, name: str, value: Any, kind: type) -> Any:

@@ -12,10 +12,12 @@ from typing import Any, Mapping
 
 import torch.nn as nn
 
+from kernels.registry import Registry
+
+from . import dit, dtr, switch_dit  # noqa: F401  (each registers its MethodSpec)
 from .dit import DiT
-from .dtr import DTR
 from .options import resolve_options
-from .switch_dit import SwitchDiT
+from .spec import METHODS, MethodSpec, register_method
 
 
 @dataclass(frozen=True)
@@ -25,38 +27,26 @@ class SizeSpec:
     num_heads: int
 
 
-SIZES: dict[str, SizeSpec] = {
+SIZES: Registry[SizeSpec] = Registry("size", {
     "S": SizeSpec(depth=12, hidden_size=384, num_heads=6),
     "B": SizeSpec(depth=12, hidden_size=768, num_heads=12),
     "L": SizeSpec(depth=24, hidden_size=1024, num_heads=16),
     "XL": SizeSpec(depth=28, hidden_size=1152, num_heads=16),
     # 4 blocks × 96 channels × 4 heads (head dim 24): ~0.5M parameters.
     "debug": SizeSpec(depth=4, hidden_size=96, num_heads=4),
-}
+}, case_insensitive=True)
 
-METHODS: dict[str, type[DiT]] = {"dit": DiT, "dtr": DTR, "switch_dit": SwitchDiT}
-
-
-def register_method(name: str, cls: type[DiT]) -> None:
-    """Add a method plugin: a ``DiT`` subclass with an ``OPTIONS`` table."""
-    if not (isinstance(cls, type) and issubclass(cls, DiT)):
-        raise TypeError(f"method '{name}' must be a subclass of methods.dit.DiT, got {cls!r}")
-    METHODS[name] = cls
+__all__ = ["METHODS", "SIZES", "MethodSpec", "SizeSpec", "build_model", "method_class", "register_method",
+           "size_name", "validate_options"]
 
 
 def method_class(method: str) -> type[DiT]:
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(sorted(METHODS))}")
-    return METHODS[method]
+    return METHODS.lookup(method).model
 
 
 def size_name(size: str) -> str:
     """Canonical size key (case-insensitive lookup: 'xl' → 'XL')."""
-    if isinstance(size, str):
-        for key in SIZES:
-            if key.lower() == size.lower():
-                return key
-    raise ValueError(f"unknown size {size!r}; valid sizes: {', '.join(SIZES)}")
+    return SIZES.canonical(size)
 
 
 def validate_options(method: str, **options: Any) -> dict[str, Any]:

@@ -40,7 +40,8 @@ Speed notes (the result is the same either way):
 from __future__ import annotations
 
 import pathlib
-from typing import Any
+import re
+from typing import Any, Mapping
 
 import torch
 import torch.nn as nn
@@ -51,7 +52,9 @@ from kernels.moe_torch import expert_coefficients, moe_linear_shared
 from .diagnostics import save_heatmap
 from .dit import DiT
 from .masks import task_index, window_mask_table
+from .converters import check_table
 from .options import Option
+from .spec import MethodSpec, OfficialCheckpoint, register_method
 from .prior import match_columns, prior_jsd
 
 MOE_BACKENDS = ("auto", "triton", "torch")
@@ -118,7 +121,8 @@ class SwitchDiT(DiT):
         "w_jsd": Option(1.0, float, lambda v: v >= 0, ">= 0", "weight of the diffusion-prior JSD loss"),
         "moe_backend": Option("auto", str, lambda v: v in MOE_BACKENDS, f"one of {list(MOE_BACKENDS)}", "kernels.moe_linear backend"),
         "prior_alpha": Option(4.0, float, lambda v: v > 0, "> 0", "slide exponent α of the prior table"),
-        "num_tasks": Option(1000, int, lambda v: v >= 2, "an integer >= 2", "number of diffusion timesteps T"),
+        "num_tasks": Option(1000, int, lambda v: v >= 2, "an integer >= 2", "number of diffusion timesteps T",
+                            follows="diffusion.num_timesteps"),
     }
 
     @classmethod
@@ -261,3 +265,50 @@ class SwitchDiT(DiT):
                 title="timestep affinity: cosine of expert assignments", xlabel="timestep t", ylabel="timestep t",
             ),
         }
+
+
+# --------------------------------------------------------------------- official checkpoints
+# The Switch-DiT code (arXiv 2403.09176) names the gate ``routers.N.f_gate.1`` and the experts
+# ``routers.N.experts.w|b`` (already laid out [E, D_in, D_out]); it also stores the prior table
+# ``prior._unit_mapping`` and ``full_time = arange(T)``, both re-derivable, so checked and dropped.
+_OFFICIAL = re.compile(r"^(routers\.\d+\.f_gate\.|prior\._unit_mapping$|full_time$)")
+_OURS = re.compile(r"^routers\.\d+\.gate\.")
+_RENAMES = ((re.compile(r"^(routers\.\d+)\.f_gate\."), r"\1.gate."),
+            (re.compile(r"^(routers\.\d+\.experts)\.w$"), r"\1.weight"),
+            (re.compile(r"^(routers\.\d+\.experts)\.b$"), r"\1.bias"))
+
+
+def _layout(keys: list[str]) -> bool | None:
+    if any(_OFFICIAL.match(k) for k in keys):
+        return True
+    return False if any(_OURS.match(k) for k in keys) else None
+
+
+def _options(routing: Mapping[str, Any]) -> dict[str, Any]:
+    param = routing.get("param", {}) or {}
+    return {"num_experts": int(param.get("num_experts", 3)), "top_k": int(param.get("k", 2)),
+            "w_jsd": float(routing.get("w_JSD", 1.0)), "num_tasks": int(routing.get("taskcount", 1000)),
+            "prior_alpha": 4.0}  # fixed in that code base
+
+
+def _convert(state, hidden_size: int, depth: int, options: Mapping[str, Any]) -> dict:
+    e, k, tasks = options["num_experts"], options["top_k"], options["num_tasks"]
+    out = {}
+    for key, value in state.items():
+        if key == "full_time":
+            check_table(key, value, torch.arange(tasks).float(), "timestep list arange(T)")
+        elif key == "prior._unit_mapping":
+            prior = window_mask_table(tasks, depth * e, options["prior_alpha"], k / e)
+            check_table(key, value, prior, f"Switch-DiT prior (k/E={k}/{e})")
+        else:
+            for pattern, repl in _RENAMES:
+                key = pattern.sub(repl, key)
+            out[key] = value
+    return out
+
+
+register_method(MethodSpec("switch_dit", "Switch-DiT", SwitchDiT,
+                           OfficialCheckpoint(layout=_layout, routing_names=("DMoE",), options=_options,
+                                              convert=_convert, own_keys=True),
+                           summary="timestep-gated sparse mixture of expert masks with a prior JSD loss "
+                                   "(arXiv 2403.09176)"))

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmark.atomic import atomic_write, atomic_write_json, atomic_write_text
-from benchmark.checkpoint import atomic_torch_save
+from methods.atomic import atomic_write, atomic_write_json, atomic_write_text
+from methods.checkpoint import atomic_torch_save
 
 
 def _mode(path: Path) -> int:

@@ -132,7 +132,7 @@ def test_training_continues_finishes_and_refuses_another_protocol(tmp_path, caps
 
 
 def test_run_skips_a_finished_cell_and_overwrite_moves_it_aside(tmp_path, capsys):
-    from benchmark.run import main as run_main
+    from benchmark.pipeline import main as run_main
 
     args = tiny(tmp_path, "method=dit", "sample.num_samples=4", "sample.per_proc_batch_size=4", "sample.steps=2",
                 "eval.reference_max_images=16", "eval.metrics=[fid]")

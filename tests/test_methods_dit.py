@@ -139,8 +139,8 @@ def test_build_kwargs_rebuild_same_architecture():
 @pytest.mark.parametrize(
     "kwargs,needle",
     [
-        (dict(method="nope", size="S"), "valid methods: dit, dtr, switch_dit"),
-        (dict(method="dit", size="XXL"), "valid sizes: S, B, L, XL, debug"),
+        (dict(method="nope", size="S"), "unknown method 'nope'; valid: dit, dtr, switch_dit"),
+        (dict(method="dit", size="XXL"), "unknown size 'XXL' (did you mean 'XL'?); valid: S, B, L, XL, debug"),
         (dict(method="dit", size="S", patch_size=3), "patch_size=3 does not divide input_size=32"),
         (dict(method="dit", size="S", num_classes=-1), "num_classes=-1"),
         (dict(method="dit", size="S", class_dropout_prob=1.0), "class_dropout_prob=1.0"),

@@ -13,6 +13,7 @@ import torch
 import torch.multiprocessing as mp
 
 from benchmark import checkpoint as ckpt_io
+from methods import checkpoint as methods_checkpoint
 from benchmark.config import compose
 
 
@@ -81,7 +82,7 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError):
-        ckpt_io.atomic_torch_save({"x": 1}, target)
+        methods_checkpoint.atomic_torch_save({"x": 1}, target)
     assert not target.exists() and list(target.parent.iterdir()) == []
 
 

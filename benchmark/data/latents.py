@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..atomic import atomic_write
+from methods.atomic import atomic_write
 from ..autoencoder import Autoencoder, from_uint8
 from .sampler import indices_for_step as _indices_for_step
 from .sampler import steps_per_epoch as _steps_per_epoch

@@ -9,16 +9,18 @@ from __future__ import annotations
 
 from functools import partial
 
+from kernels.registry import Registry
+
 from .base import ImageDataset
 from .digits import DigitsDataset
 from .imagefolder import ImageFolderDataset
 
-DATASETS = {
+DATASETS = Registry("dataset", {
     "digits": DigitsDataset,
     "imagefolder": ImageFolderDataset,
     "imagenet": partial(ImageFolderDataset, class_folders=True, name="imagenet"),
     "ffhq": partial(ImageFolderDataset, class_folders=False, name="ffhq"),
-}
+}, sort_names=True)
 
 
 # Dataset options a data config may carry, passed on to the datasets that take them.
@@ -37,8 +39,4 @@ def from_config(data) -> ImageDataset:
 
 def build_dataset(name: str, *, path: str | None = None, image_size: int, **opts) -> ImageDataset:
     """Build a registered dataset; `opts` go to the dataset class (e.g. random_flip, class_folders)."""
-    try:
-        builder = DATASETS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown dataset {name!r}; valid names: {sorted(DATASETS)}") from None
-    return builder(path=path, image_size=image_size, **opts)
+    return DATASETS.lookup(name)(path=path, image_size=image_size, **opts)

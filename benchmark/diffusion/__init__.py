@@ -8,7 +8,7 @@ Song et al. 2020 (arXiv 2010.02502), Peebles & Xie 2023 (arXiv 2212.09748).
 """
 from .gaussian import FIXED_VARIANCES, GaussianDiffusion, unpack_model_output
 from .likelihood import approx_standard_normal_cdf, discretized_gaussian_log_likelihood, normal_kl
-from .loss_weights import (CLUSTERINGS, DEFAULT_LR, LOSS_WEIGHTS, UncertaintyWeighting, constant_weight,
+from .loss_weights import (CLUSTERINGS, DEFAULT_LR, LOSS_WEIGHTS, UncertaintyWeighting, constant_weight, loss_weight,
                            min_snr_weight, p2_weight, parse_loss_weight, snr)
 from .respace import SpacedDiffusion, create_diffusion, space_timesteps
 from .samplers import cfg_model_fn, ddim_sample, ddpm_sample
@@ -19,6 +19,6 @@ __all__ = [
     "BETA_SCHEDULES", "CLUSTERINGS", "DEFAULT_LR", "FIXED_VARIANCES", "LOSS_WEIGHTS", "GaussianDiffusion",
     "SpacedDiffusion", "UncertaintyWeighting", "approx_standard_normal_cdf", "beta_schedule", "cfg_model_fn",
     "constant_weight", "create_diffusion", "ddim_sample", "ddpm_sample", "discretized_gaussian_log_likelihood",
-    "extract", "mean_flat", "min_snr_weight", "normal_kl", "p2_weight", "parse_loss_weight", "snr",
+    "extract", "loss_weight", "mean_flat", "min_snr_weight", "normal_kl", "p2_weight", "parse_loss_weight", "snr",
     "space_timesteps", "unpack_model_output",
 ]

@@ -2,9 +2,9 @@
 
 With SNR(t) = ᾱ_t/(1 − ᾱ_t):
 - ``constant``: 1 (L_simple of Ho et al. 2020, arXiv 2006.11239).
-- ``min_snr_K``: Min-SNR-γ of Hang et al. 2023 (arXiv 2303.09556) for an ε-predicting
+- ``min_snr`` (k): Min-SNR-γ of Hang et al. 2023 (arXiv 2303.09556) for an ε-predicting
   model, min(SNR, K)/SNR.
-- ``p2_GAMMA_K``: P2 weighting of Choi et al. 2022 (arXiv 2204.00227, eq. 8),
+- ``p2`` (gamma, k): P2 weighting of Choi et al. 2022 (arXiv 2204.00227, eq. 8),
   1/(K + SNR)^γ, not normalised.
 These are the definitions of the official DTR / Switch-DiT training code
 (``mse_loss_weight_type`` "constant", "min_snr_K", "p2weight_GAMMA_K"), whose spelling
@@ -23,10 +23,13 @@ Go et al., NeurIPS 2023, not a reimplementation of it).
 from __future__ import annotations
 
 import re
+from functools import partial
 from typing import Callable
 
 import numpy as np
 import torch
+
+from kernels.registry import Registry
 
 DEFAULT_LR = 0.025  # learning rate of the s_c parameters in the official DTR/Switch-DiT training
 
@@ -57,37 +60,54 @@ def p2_weight(alphas_cumprod, t: torch.Tensor, *, gamma: float, k: float) -> tor
     return 1.0 / (k + snr(alphas_cumprod, t)) ** gamma
 
 
+def _min_snr(k: float) -> LossWeightFn:
+    if not float(k) > 0:
+        raise ValueError(f"min_snr k={k!r} is invalid: must be > 0")
+    return partial(min_snr_weight, k=float(k))
+
+
+def _p2(gamma: float, k: float) -> LossWeightFn:
+    if not (float(k) > 0 and float(gamma) >= 0):
+        raise ValueError(f"p2 k={k!r}, gamma={gamma!r} are invalid: need k > 0 and gamma >= 0")
+    return partial(p2_weight, gamma=float(gamma), k=float(k))
+
+
+def _uw(num_clusters: int = 8, clustering: str = "uniform", lr: float = DEFAULT_LR) -> LossWeightFn:
+    # Uncertainty weighting acts on cluster means (UncertaintyWeighting); each sample's weight is 1.
+    return constant_weight
+
+
+# name -> builder taking the weighting's parameters as keywords (the loss_weight config group's keys).
+LOSS_WEIGHTS: Registry[Callable[..., LossWeightFn]] = Registry("loss weight", {
+    "constant": lambda: constant_weight,
+    "min_snr": _min_snr,
+    "p2": _p2,
+    "uw": _uw,
+})
+
+
+def loss_weight(name: str, **params) -> LossWeightFn:
+    """Weight function ``(alphas_cumprod, t) -> (N,) float64`` of weighting ``name`` with its parameters."""
+    return LOSS_WEIGHTS.lookup(name)(**params)
+
+
 _NUM = r"(\d+(?:\.\d*)?|\.\d+)"
-
-
-def _min_snr(m: re.Match) -> LossWeightFn:
-    k = float(m.group(1))
-    if k <= 0:
-        raise ValueError(f"min_snr K must be > 0, got {m.group(0)!r}")
-    return lambda alphas_cumprod, t: min_snr_weight(alphas_cumprod, t, k=k)
-
-
-def _p2(m: re.Match) -> LossWeightFn:
-    gamma, k = float(m.group(1)), float(m.group(2))
-    return lambda alphas_cumprod, t: p2_weight(alphas_cumprod, t, gamma=gamma, k=k)
-
-
-# spec pattern -> builder; the first full match wins.
-LOSS_WEIGHTS: dict[str, tuple[re.Pattern, Callable[[re.Match], LossWeightFn]]] = {
-    "constant": (re.compile(r"constant"), lambda m: constant_weight),
-    "min_snr_K": (re.compile(rf"min_snr_{_NUM}"), _min_snr),
-    "p2_GAMMA_K": (re.compile(rf"p2(?:weight)?_{_NUM}_{_NUM}"), _p2),
-}
+# The official code's string forms: "constant", "min_snr_K", "p2weight_GAMMA_K" (also "p2_GAMMA_K").
+_SPELLINGS = (
+    (re.compile(r"constant"), lambda m: loss_weight("constant")),
+    (re.compile(rf"min_snr_{_NUM}"), lambda m: loss_weight("min_snr", k=float(m.group(1)))),
+    (re.compile(rf"p2(?:weight)?_{_NUM}_{_NUM}"), lambda m: loss_weight("p2", gamma=float(m.group(1)), k=float(m.group(2)))),
+)
 
 
 def parse_loss_weight(spec: str) -> LossWeightFn:
-    """Weight function ``(alphas_cumprod, t) -> (N,) float64`` for a spec like "min_snr_5" or "p2_1_1"."""
+    """Weight function for the official code's spelling ("min_snr_5", "p2weight_1_1", "constant")."""
     if isinstance(spec, str):
-        for pattern, build in LOSS_WEIGHTS.values():
+        for pattern, build in _SPELLINGS:
             if match := pattern.fullmatch(spec.strip()):
                 return build(match)
     hint = " ('uw' is not a per-sample weight: use UncertaintyWeighting)" if spec == "uw" else ""
-    raise ValueError(f"unknown loss weight {spec!r}{hint}; valid forms: {list(LOSS_WEIGHTS)} "
+    raise ValueError(f"unknown loss weight {spec!r}{hint}; valid forms: ['constant', 'min_snr_K', 'p2_GAMMA_K'] "
                      f"e.g. 'constant', 'min_snr_5', 'p2_1_1', 'p2_0.5_1'")
 
 

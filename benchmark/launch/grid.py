@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from benchmark.config import ConfigError, compose, expand_sweep
+from benchmark.config import expand_aliases as config_aliases
 from benchmark.identity import CellIdentity, cell_identity
 from benchmark.results import record_path
 
@@ -72,14 +73,8 @@ class Cell:
 
 
 def expand_aliases(args: list[str]) -> list[str]:
-    from benchmark.cli import ALIASES
-
-    table = {**ALIASES, **LAUNCH_ALIASES}
-    out = []
-    for arg in args:
-        key, sep, value = arg.partition("=")
-        out.append(f"{table[key]}={value}" if sep and key in table else arg)
-    return out
+    """The CLI's aliases and the launcher's shortcuts (partition=, nodes=, ...) spelled out."""
+    return config_aliases(args, LAUNCH_ALIASES)
 
 
 def split_args(args: list[str]) -> list[str]:

@@ -19,7 +19,7 @@ import socket
 import time
 from pathlib import Path
 
-from benchmark.atomic import atomic_write_text
+from methods.atomic import atomic_write_text
 
 SUBMISSIONS = ".submissions"
 

@@ -117,7 +117,7 @@ def _stage_wall(run_dir: Path, stage: str, eval_id: str | None = None) -> float 
 def run_evaluate(cfg: DictConfig) -> dict:
     from benchmark import cell, identity
     from benchmark.distributed import init_distributed
-    from benchmark.run import record_run
+    from benchmark.pipeline import record_run
 
     path = cell.record_of(cfg)
     if path.is_file():

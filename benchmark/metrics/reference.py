@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ..atomic import atomic_write
+from methods.atomic import atomic_write
 from .extractor import POOL3_DIM, SPATIAL_DIM
 from .images import ArraySource, FolderSource, ImageSource, NpzSource
 from .weights import file_sha256

@@ -40,6 +40,7 @@ from typing import Callable
 import torch
 
 from kernels import moe_torch
+from kernels.registry import Registry
 
 from . import baselines, goals, records
 from .shapes import Shape, default_shapes
@@ -141,13 +142,13 @@ class Provider:
     dense: bool = False   # times dense_call instead of an MoE formulation
 
 
-PROVIDERS: dict[str, Provider] = {
+PROVIDERS: Registry[Provider] = Registry("provider", {
     "triton_fused": Provider(_triton, _triton_available),
     "official": Provider(baselines.moe_linear_official, _always),
     "grouped_mm": Provider(baselines.moe_linear_grouped_mm, _grouped_mm_available),
     "dense_linear": Provider(baselines.dense_linear_rows, _always, dense=True),
     "torch": Provider(moe_torch.moe_linear_torch, _always),
-}
+})
 
 
 def build(name: str, inp: dict, plan=None):
@@ -314,9 +315,8 @@ def run_benchmarks(*, device=None, dtype=None, quick: bool = False, out_dir: str
     device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = resolve_dtype(dtype, device)
     names = list(providers or PROVIDERS)
-    unknown = [p for p in names if p not in PROVIDERS]
-    if unknown:
-        raise ValueError(f"unknown providers {unknown}; valid: {', '.join(PROVIDERS)}")
+    for name in names:
+        PROVIDERS.canonical(name)  # an unknown one is refused with the valid names
     shapes = shapes or default_shapes(device.type, quick)
     warmup, default_repeats = KERNEL_REPEATS["cuda" if device.type == "cuda" else "cpu"]
     repeats = repeats or default_repeats

@@ -55,7 +55,7 @@ def _time_model(model: torch.nn.Module, args: argparse.Namespace, device: torch.
 
 
 def bench_method(method: str, size: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
-    options = {k: v for k, v in args.options.items() if k in METHODS[method].OPTIONS}
+    options = {k: v for k, v in args.options.items() if k in METHODS[method].options}
     model = build_model(method, size, patch_size=args.patch_size, input_size=args.input_size,
                         in_channels=args.in_channels, num_classes=args.num_classes, **options).to(device)
     if args.compile:

@@ -76,7 +76,7 @@ def table(methods: list[str], size: str, dtype: str, options: dict[str, Any]) ->
 
     rows, base = [], None
     for method in ["dit", *[m for m in methods if m != "dit"]]:
-        opts = {k: v for k, v in options.items() if k in METHODS[method].OPTIONS}
+        opts = {k: v for k, v in options.items() if k in METHODS[method].options}
         counts, depth = step_passes(method, size, dtype=dtype, **opts)
         total = sum(counts.values())
         base = total if method == "dit" else base

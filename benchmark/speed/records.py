@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from benchmark.atomic import atomic_write_json
+from methods.atomic import atomic_write_json
 from benchmark.provenance import REPO, file_sha256, provenance
 
 FUSED_KERNEL_SOURCE = REPO / "kernels" / "moe_triton.py"

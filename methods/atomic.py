@@ -1,11 +1,9 @@
 """Atomic file writes: a temporary file in the target's folder, then ``os.replace``.
 
 Readers see the old file or the new one, never a half-written one, and a failed write
-leaves nothing behind. Every file the suite writes goes through here: records,
-checkpoints, caches, samples and reports of the harness (re-exported as
-``benchmark.atomic``), model checkpoints and speed records of ``methods``, and
-kernel benchmark records. It lives in ``kernels``, the package everything else
-imports, and needs only the standard library.
+leaves nothing behind. Every file the suite writes goes through here: model checkpoints
+(``methods.save_checkpoint``, the lowest layer that writes files) and everything the
+harness writes (records, caches, samples, reports, speed records). Standard library only.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``benchmark run``: train -> sample -> evaluate -> record -> report for one cell.
+"""The pipeline of a cell: train -> sample -> evaluate -> record -> report (``benchmark run``), and
+the verbs that run a part of it (``benchmark evaluate``: the record of a trained and sampled cell).
 
 With ``-m`` (or no ``method=``, which sweeps every registered method) Hydra runs this
 once per cell; each cell writes its own record and rebuilds the report, so the report
@@ -19,6 +20,7 @@ from omegaconf import DictConfig
 from benchmark import cell, identity
 from benchmark import results as res
 from benchmark.distributed import barrier, init_distributed
+from methods.atomic import atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +111,31 @@ def record_run(cfg: DictConfig, *, dataset=None, wall: dict | None = None) -> Pa
     return written
 
 
+def evaluate_main(cfg: DictConfig) -> dict:
+    """``benchmark evaluate``: metrics of outside samples (``eval.samples``), or the record of this cell."""
+    from benchmark.evaluate import evaluate_samples, format_metrics
+
+    if cfg.eval.samples:
+        samples = Path(str(cfg.eval.samples))
+        if not samples.exists():
+            raise FileNotFoundError(f"eval.samples={samples} does not exist; pass an .npz or a folder of PNGs")
+        result = evaluate_samples(cfg, samples)
+        out = samples.with_name(samples.name + ".metrics.json") if samples.is_file() else samples / "metrics.json"
+        atomic_write_json(out, result, indent=2)
+        print(format_metrics(result["metrics"]))
+        print(f"metrics: {out}")
+        return result
+    cfg = cell.apply_overwrite(cfg, ("evaluate",))
+    cell.announce(cfg)
+    path = cell.record_of(cfg)
+    if path.exists():
+        print(f"finished: {path} (overwrite=true evaluates again)")
+        return {"record": str(path)}
+    path = record_run(cfg)
+    print(f"record: {path}")
+    return {"record": str(path)}
+
+
 def main(cfg: DictConfig) -> Path | None:
     from benchmark.sample import sample
     from benchmark.train import train
@@ -127,7 +154,8 @@ def main(cfg: DictConfig) -> Path | None:
             print(f"finished: {path} (overwrite=true runs the cell again)")
         return path
     if info.is_main and not cell.training_finished(cfg):
-        preflight.check(cfg, world_size=info.world_size, device=info.device, memory_bytes=_memory(cfg))
+        preflight.check(cfg, world_size=info.world_size, device=info.device,
+                        memory_bytes=preflight.memory_override(cfg))
     train(cfg)
     sample_result = sample(cfg)
     if not info.is_main:
@@ -137,11 +165,6 @@ def main(cfg: DictConfig) -> Path | None:
     print(f"record: {path}")
     print(f"report: {Path(cfg.paths.reports) / 'README.md'}")
     return path
-
-
-def _memory(cfg: DictConfig) -> int | None:
-    gb = (cfg.get("preflight") or {}).get("device_memory_gb")
-    return None if gb is None else int(float(gb) * 1024 ** 3)
 
 
 def report_main(cfg: DictConfig) -> list[Path]:
