@@ -34,6 +34,8 @@ from typing import Any, Mapping
 
 from omegaconf import DictConfig, OmegaConf
 
+from benchmark.provenance import cached_file_sha256
+
 HASH_CHARS = 10
 IDENTITY_FILE = "identity.json"
 
@@ -120,18 +122,6 @@ def checkpoint_step(checkpoint: str | Path) -> int | None:
     return int(m.group(1)) if m else None
 
 
-_SHA_CACHE: dict[tuple[str, int, int], str] = {}
-
-
-def _file_sha256(path: Path) -> str:
-    from benchmark.provenance import file_sha256
-
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_CACHE:
-        _SHA_CACHE[key] = file_sha256(path)
-    return _SHA_CACHE[key]
-
 
 def checkpoint_ref(cfg: DictConfig | Mapping) -> dict:
     """Which weights are sampled: the training hash and step of a checkpoint of this suite (not its
@@ -150,7 +140,7 @@ def checkpoint_ref(cfg: DictConfig | Mapping) -> dict:
     # An outside file says nothing of how to read it: the model it is loaded into is part of it.
     model = {"method": c["method"]["name"], "size": c["size"]["name"], "patch_size": c["model"]["patch_size"],
              "options": _strip(c["method"].get("options") or {}, "method.options")}
-    return {"file": path.name, "sha256": _file_sha256(path), "model": model}
+    return {"file": path.name, "sha256": cached_file_sha256(path), "model": model}
 
 
 def _path_ref(value: str | None) -> Any:

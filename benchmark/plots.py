@@ -10,7 +10,7 @@ import numpy as np
 PNG_META = {"Software": None}
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -24,7 +24,7 @@ def loss_curve(metrics_jsonl: Path, out: Path, title: str = "") -> Path:
     out = Path(out)
     rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
     aux = sorted({k for r in rows for k in r if k.startswith("aux_")})
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2 if aux else 1, figsize=(8.6 if aux else 5, 3.2), dpi=110, squeeze=False)
     ax = axes[0][0]
     ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], lw=1.4)
@@ -83,7 +83,7 @@ def sample_grid(npz: Path, out: Path, title: str = "") -> Path:
     pad = 1
     grid = grid_array(images, labels, upscale=upscale, pad=pad)
     names = [name for name, _ in grid_rows(images, labels)]
-    plt = _pyplot()
+    plt = pyplot()
     height, width = grid.shape[:2]
     fig = plt.figure(figsize=(width / 100 + 1.4, height / 100 + 0.6), dpi=100)
     ax = fig.add_axes([1.1 / (width / 100 + 1.4), 0.1 / (height / 100 + 0.6),

@@ -12,6 +12,7 @@ GPU acceptance scripts can use it on a machine with nothing else installed.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
@@ -31,6 +32,18 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 24) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int) -> str:
+    return file_sha256(path)
+
+
+def cached_file_sha256(path: str | os.PathLike) -> str:
+    """``file_sha256`` memoised on (path, size, mtime): large checkpoints and weights are hashed once
+    per process, and again as soon as they change."""
+    st = os.stat(path)
+    return _sha256_of(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
 
 
 def _git(args: list[str], repo: Path) -> str | None:

@@ -33,8 +33,8 @@ import pandas as pd
 import methods
 from benchmark.identity import spec_hash
 from benchmark.plugins import load_plugins
+from benchmark.plots import PNG_META, pyplot
 SIZE_ORDER = ("S", "B", "L", "XL", "debug")
-PNG_METADATA = {"Software": None}  # no version/time stamps in PNG bytes
 MINUS = "\u2212"
 DASH = "\u2014"
 
@@ -283,25 +283,16 @@ def load_published(results_dir: str | os.PathLike) -> list[dict]:
 # ------------------------------------------------------------------ plots
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def _save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", metadata=PNG_METADATA)
+    fig.savefig(path, format="png", metadata=PNG_META)
 
 
 def line_plot(series: dict[str, list[tuple[float, float]]], path: Path, xlabel: str, ylabel: str, *,
               marker: str | None = None, lw: float = 1.2, log_x: bool = False, log_y: bool = False,
               title: str = "") -> Path:
     """One labelled line per series, written to ``path``."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     for label, pts in series.items():
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, lw=lw, label=label)
@@ -356,7 +347,7 @@ def plot_losses(records: list[dict], results_dir: Path, path: Path) -> Path | No
     main, aux = loss_series(records, results_dir)
     if not main:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2 if aux else 1, figsize=(10 if aux else 6, 3.6), dpi=100, squeeze=False)
     panels = [(axes[0][0], main, "diffusion loss (every method)")]
     if aux:

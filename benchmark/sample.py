@@ -8,7 +8,6 @@ restarted job skips the batches whose PNGs are already on disk. Rank 0 then pack
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
@@ -26,6 +25,7 @@ import methods
 from benchmark import cell
 from methods.atomic import atomic_write, atomic_write_json
 from benchmark.distributed import barrier, init_distributed
+from benchmark.provenance import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -78,19 +78,11 @@ def _batch_done(folder: Path, start: int, stop: int) -> bool:
 MANIFEST = ".manifest.json"
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def sampling_manifest(cfg: DictConfig, ckpt: Path) -> dict:
     """What a folder's samples are drawn from: the checkpoint's bytes, the sampling and diffusion
     settings, the seed and the data (whose autoencoder decodes them)."""
     settings = {k: v for k, v in OmegaConf.to_container(cfg.sample, resolve=True).items() if k not in ("out", "ckpt")}
-    return {"checkpoint_sha256": _file_sha256(ckpt), "seed": int(cfg.seed), "sample": settings,
+    return {"checkpoint_sha256": file_sha256(ckpt), "seed": int(cfg.seed), "sample": settings,
             "diffusion": OmegaConf.to_container(cfg.diffusion, resolve=True),
             "data": OmegaConf.to_container(cfg.data, resolve=True)}
 

@@ -45,11 +45,9 @@ Work per forward+backward: N*L*D_in*D_out MACs forward, the same for dx and
 k*N*L*D_in*D_out for dW, against 3*k*N*L*D_in*D_out for per-expert GEMMs;
 forward is one launch, backward two plus small fixed-order reductions.
 
-The first version of the gradient kernel looped over all N*k slots in every
-program, skipped the ones of other experts with a branch and ran a separate
-4-step pipelined loop per sample; on an H100 (bf16, D=1152, 32 x 256 tokens)
-that made dparams about 1 ms of a 1.25 ms forward+backward
-(results/kernels/history/nvidia-h100-80gb-hbm3-20261126-2369791.json).
+The gradient kernel gives each program one expert's slots only (no branch over
+the other experts' samples). Measurements behind the design and the tile tables
+are in results/kernels/NOTES.md and the records beside it.
 
 Accumulation is fp32; inputs are fp32 (tf32 dots on GPU), fp16 or bf16.
 Tile sizes come from a small table keyed by D (no multi-config autotune: it
@@ -309,20 +307,18 @@ class GradTiles:
 # would take a round trip through shared memory every K step.
 MM_TABLE: tuple[tuple[float, MMTiles], ...] = (
     (512, MMTiles(128, 64, 64, 4, 4, swap_ab=True)),
-    # H100 sweep at D=1152, L=256 (results/kernels): 256x128 tiles 0.091 ms vs 0.111 for 128x128.
+    # Wide tiles for large D: fewer programs reload the gate-mixed weight (results/kernels/NOTES.md).
     (math.inf, MMTiles(256, 128, 64, 8, 3, swap_ab=False)),
 )
-# dx = dy @ Wmix^T reads the weight transposed. 128x128 tiles with the mixed tile on the left took
-# 0.108-0.110 ms in both H100 sweeps; 256x128 took 0.166 ms in one and 0.090 in the other, so the
-# row stays until a sweep settles it.
+# dx = dy @ Wmix^T reads the weight transposed; the large-D row keeps 128x128 tiles because the
+# sweeps so far disagree on wider ones (results/kernels/NOTES.md).
 DX_TABLE: tuple[tuple[float, MMTiles], ...] = (
     (512, MMTiles(128, 64, 64, 4, 4, swap_ab=True)),
     (math.inf, MMTiles(128, 128, 64, 8, 3, swap_ab=True)),
 )
-# Checked offline with benchmark/speed/compile_check.py (sm_90, bf16, L=256): every
-# entry compiles without register spills. The gradient kernel holds two fp32
-# accumulators (G_n and dW); 128x64 tiles give more programs (H100, D=1152:
-# 0.244 ms vs 0.264 for 128x128 with 8 warps).
+# Every entry must compile without register spills for sm_90 (benchmark/speed/compile_check.py
+# checks it on a CPU). The gradient kernel holds two fp32 accumulators (G_n and dW), so its tiles
+# are narrower and give more programs.
 GRAD_TABLE: tuple[tuple[float, GradTiles], ...] = (
     (512, GradTiles(128, 64, 64, 8, 3)),
     (math.inf, GradTiles(128, 64, 64, 4, 3)),
@@ -604,8 +600,8 @@ moe_linear_fused.register_autograd(_op_backward, setup_context=_setup_context)
 
 class _FusedMoELinear(torch.autograd.Function):
     """Eager autograd over the same launches as the custom op, minus torch.library's dispatch
-    layers: in eager training those cost more host time per layer than the kernels themselves
-    take on an H100 at S/B sizes, and a step of 28 such layers is host-bound."""
+    layers: in eager training they cost more host time per layer than the kernels themselves at
+    S/B sizes, which makes a step host-bound (results/kernels/NOTES.md)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias, expert_idx, gates, plan=None):

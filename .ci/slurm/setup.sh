@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install and start a single-node SLURM cluster on localhost, with accounting, for the
-# integration tests (tests/test_slurm_*.py).
+# integration tests (tests/slurm/).
 #
 # Debian's slurm-wlm + munge, and slurmdbd backed by MariaDB: submitit reads job states
 # through `sacct`, and without accounting the result of a cancelled job never resolves.

@@ -73,14 +73,6 @@ def read_attempts(run_dir: Path, stage: str, eval_id: str | None = None) -> list
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _with(cfg: DictConfig, **dotted) -> DictConfig:
-    cfg = cfg.copy()
-    OmegaConf.set_struct(cfg, False)
-    for key, value in dotted.items():
-        OmegaConf.update(cfg, key, value, merge=False)
-    return cfg
-
-
 # --------------------------------------------------------------------------------------
 # Stage bodies: DictConfig in, a small JSON-able summary out.
 

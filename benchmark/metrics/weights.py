@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import os
 import re
 import socket
@@ -41,6 +40,8 @@ from typing import Callable
 from urllib.parse import urlparse
 
 import torch
+
+from benchmark.provenance import cached_file_sha256
 
 TORCH_FIDELITY_URL = (
     "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
@@ -147,24 +148,7 @@ class InceptionWeights:
     note: str = ""
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256_cached(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_file(path)
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, memoised on (path, size, mtime) so large weights are hashed once per process."""
-    st = os.stat(path)
-    return _sha256_cached(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
-
+file_sha256 = cached_file_sha256  # weights are hashed once per process
 
 def _is_torchscript(path: Path) -> bool:
     if not zipfile.is_zipfile(path):
