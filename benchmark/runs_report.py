@@ -298,8 +298,11 @@ def line_plot(series: dict[str, list[tuple[float, float]]], path: Path, xlabel: 
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, lw=lw, label=label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if log_x:
+    xs = [p[0] for pts in series.values() for p in pts if p[0] > 0]
+    if log_x and xs and max(xs) / min(xs) >= 10:
         ax.set_xscale("log")
+    elif log_x:  # under one decade a log axis has only crowded minor labels
+        ax.ticklabel_format(axis="x", style="sci", scilimits=(0, 0))
     if log_y:
         ax.set_yscale("log")
     if title:
@@ -381,12 +384,14 @@ def fid_step_series(family: list[dict]) -> dict[str, list[tuple[int, float]]]:
 
 def fid_compute_series(family: list[dict]) -> dict[str, list[tuple[float, float]]]:
     """FID (mean over seeds) against training FLOPs, one series per model."""
-    series: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    series: dict[tuple, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     for rec in family:
         fid, flops = num(rec["metrics"].get("fid")), num(rec.get("compute", {}).get("train_flops"))
         if fid is not None and flops is not None:
-            series[_options_label(row_key(rec), False)][flops].append(fid)
-    return {k: sorted((f, sum(v) / len(v)) for f, v in s.items()) for k, s in sorted(series.items())}
+            series[row_key(rec)][flops].append(fid)
+    # Models in the tables' order (sizes, then methods as registered), so colours follow the loss plot.
+    return {_options_label(k, False): sorted((f, sum(v) / len(v)) for f, v in series[k].items())
+            for k in sorted(series, key=_row_order)}
 
 
 # ------------------------------------------------------------------ page

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import pathlib
 import re
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import torch
 import torch.nn as nn
@@ -111,6 +111,20 @@ class TaskMoERouter(nn.Module):
         self.experts = ExpertLinear(num_experts, hidden_size, hidden_size)
 
 
+class SwitchRouting(NamedTuple):
+    """What one forward's routing hands to every block: per-sample expert indices and gates (block-major,
+    one (N, k) slice per block) or, when the whole batch shares one timestep, each block's mixing
+    coefficients; the gate probabilities and timesteps for the prior loss; and the prior matching
+    started early (training only)."""
+
+    t: torch.Tensor
+    probs: torch.Tensor
+    idx: tuple[torch.Tensor, ...] | None = None
+    gates: tuple[torch.Tensor, ...] | None = None
+    coef: tuple[torch.Tensor, ...] | None = None
+    prior_match: Any = None
+
+
 class SwitchDiT(DiT):
     """DiT with a timestep-gated top-k mixture of expert channel masks and a diffusion-prior JSD loss."""
 
@@ -173,33 +187,30 @@ class SwitchDiT(DiT):
         logits = F.linear(F.silu(t_emb), weight, bias)
         return torch.softmax(logits.view(-1, self.depth, self.num_experts), dim=-1)
 
-    def route(self, t: torch.Tensor, t_emb: torch.Tensor, need_aux: bool) -> dict[str, Any]:
+    def route(self, t: torch.Tensor, t_emb: torch.Tensor, need_aux: bool) -> SwitchRouting:
         # Gates only for the batch's own timesteps: a handful of small kernels per forward, not per block.
         probs = self.gate_probs(t_emb)
         gates, idx = probs.topk(self.top_k, dim=-1)  # (N, depth, k), not renormalised
-        routing: dict[str, Any] = {"t": t, "probs": probs}
+        prior_match = self._start_prior_match() if need_aux and self.w_jsd != 0 else None
         if shared_timestep(t):
             # Equal timesteps give equal gates: sample 0's (depth, E) mixing coefficients serve the batch.
-            routing["coef"] = expert_coefficients(idx[0], gates[0], self.num_experts).unbind(0)
-        else:
-            # Block-major copies so each block's (N, k) slice is contiguous, as the kernel expects.
-            routing["gates"] = gates.transpose(0, 1).contiguous().unbind(0)
-            routing["idx"] = idx.transpose(0, 1).contiguous().unbind(0)
-        if need_aux and self.w_jsd != 0:
-            routing["prior_match"] = self._start_prior_match()
-        return routing
+            coef = expert_coefficients(idx[0], gates[0], self.num_experts).unbind(0)
+            return SwitchRouting(t, probs, coef=coef, prior_match=prior_match)
+        # Block-major copies so each block's (N, k) slice is contiguous, as the kernel expects.
+        return SwitchRouting(t, probs, idx=idx.transpose(0, 1).contiguous().unbind(0),
+                             gates=gates.transpose(0, 1).contiguous().unbind(0), prior_match=prior_match)
 
-    def block_mask_delta(self, index: int, h: torch.Tensor, routing: dict[str, Any]) -> torch.Tensor:
+    def block_mask_delta(self, index: int, h: torch.Tensor, routing: SwitchRouting) -> torch.Tensor:
         # m − 1 = Σ_j g_j · expert_j(h): the expert mixture is exactly the mask's offset from 1.
         experts = self.routers[index].experts
-        if "coef" in routing:
-            return experts.shared(h, routing["coef"][index])
-        return experts(h, routing["idx"][index], routing["gates"][index], self.moe_backend)
+        if routing.coef is not None:
+            return experts.shared(h, routing.coef[index])
+        return experts(h, routing.idx[index], routing.gates[index], self.moe_backend)
 
-    def block_input(self, index: int, h: torch.Tensor, routing: dict[str, Any]) -> torch.Tensor:
-        if "coef" in routing:
+    def block_input(self, index: int, h: torch.Tensor, routing: SwitchRouting) -> torch.Tensor:
+        if routing.coef is not None:
             return super().block_input(index, h, routing)
-        return self.routers[index].experts.masked(h, routing["idx"][index], routing["gates"][index], self.moe_backend)
+        return self.routers[index].experts.masked(h, routing.idx[index], routing.gates[index], self.moe_backend)
 
     @torch.no_grad()
     def _assignment_indices(self) -> torch.Tensor:
@@ -213,13 +224,13 @@ class SwitchDiT(DiT):
         idx = self._assignment_indices()
         return torch.zeros(self.num_tasks, self.depth, self.num_experts, device=idx.device).scatter_(2, idx, 1.0)
 
-    def aux_losses(self, routing: dict[str, Any]) -> dict[str, torch.Tensor]:
-        probs = routing["probs"].flatten(1)  # (N, depth·E), block-major like the prior's columns
+    def aux_losses(self, routing: SwitchRouting) -> dict[str, torch.Tensor]:
+        probs = routing.probs.flatten(1)  # (N, depth·E), block-major like the prior's columns
         if self.w_jsd == 0:
             return {"jsd": probs.sum() * 0.0}
-        pending = routing.get("prior_match")
+        pending = routing.prior_match
         perm = self._finish_prior_match(self._start_prior_match() if pending is None else pending)
-        rows = self.prior_table[task_index(routing["t"], self.num_tasks)]
+        rows = self.prior_table[task_index(routing.t, self.num_tasks)]
         return {"jsd": self.w_jsd * prior_jsd(probs, rows.to(probs.dtype), perm, self.depth)}
 
     @torch.compiler.disable
