@@ -9,7 +9,7 @@ from PIL import Image
 
 from benchmark.report import build_report
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _files(folder: Path) -> dict[str, Path]:
