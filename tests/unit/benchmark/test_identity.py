@@ -3,6 +3,7 @@
 What train, run and submit do with it: tests/integration/test_cell_lifecycle.py."""
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -74,6 +75,7 @@ EVALUATION = ["sample.num_samples=64", "sample.steps=10", "sample.cfg_scale=2.0"
               "eval.reference_max_images=200", "sample.sampler=ddpm", "sample.per_proc_batch_size=100"]
 
 
+@functools.lru_cache(maxsize=None)  # composing is the slow part; the same overrides give the same hashes
 def ids(*overrides: str) -> tuple[str, str, str]:
     i = identity.cell_identity(compose(list(overrides)))
     return identity.spec_hash(i.train), i.sample_hash, i.eval_hash
