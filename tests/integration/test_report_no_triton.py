@@ -1,30 +1,12 @@
 """The speed pages of the report build in a process where Triton cannot be imported."""
 
 import json
-import shutil
 from pathlib import Path
 
-import pytest
+from speed_cases import kernel_json, results_dir  # noqa: F401  (results_dir is a fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 PUBLISHED = REPO / "results" / "published"
-
-
-@pytest.fixture
-def results_dir(tmp_path):
-    res = tmp_path / "results"
-    shutil.copytree(PUBLISHED, res / "published")
-    return res
-
-
-def kernel_json():
-    return {"hardware": {"name": "H100", "peak_tflops": 989}, "git_commit": "feedbeef", "dtype": "bfloat16",
-            "results": [{"provider": "triton", "shape": {"N": 8, "L": 256, "D": 1152}, "direction": "fwd",
-                         "median_ms": 0.123, "tflops": 250.5, "gbps": 900.0, "pct_peak_flops": 25.3,
-                         "peak_mem_mb": 12.0},
-                        {"provider": "torch", "shape": {"N": 8, "L": 256, "D": 1152}, "direction": "fwd",
-                         "median_ms": 0.5}],  # missing fields must not break the page
-            "providers_ran": ["triton", "torch"], "providers_skipped": {"scattermoe": "not installed"}}
 
 
 def test_speed_pages_need_no_triton(results_dir, tmp_path):

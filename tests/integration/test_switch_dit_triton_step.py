@@ -3,19 +3,10 @@
 from __future__ import annotations
 
 import torch
-from reference_models import random_state_dict
+from speed_cases import random_switch
 
-import methods
 
 torch.set_num_threads(2)
-
-
-def _random_switch(seed=21, **opts):
-    model = methods.build_model("switch_dit", "debug", input_size=8, in_channels=1, num_classes=3, **opts).eval()
-    sd = random_state_dict(model.state_dict(), seed=seed)
-    sd["pos_embed"] = model.pos_embed.detach().clone()
-    model.load_state_dict(sd)
-    return model, sd
 
 
 def test_triton_training_step_matches_torch_backend():
@@ -25,7 +16,7 @@ def test_triton_training_step_matches_torch_backend():
     t, y = torch.tensor([5, 400, 999]), torch.tensor([0, 2, 1])
     results = []
     for backend in ("torch", "triton"):
-        model, _ = _random_switch(moe_backend=backend, num_experts=3, top_k=2)
+        model, _ = random_switch(moe_backend=backend, num_experts=3, top_k=2)
         model.train()
         torch.manual_seed(0)  # the same label dropout draw for both
         out, aux = model(x, t, y, return_aux=True)

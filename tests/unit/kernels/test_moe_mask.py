@@ -8,19 +8,15 @@ with 16-bit experts is.
 
 import pytest
 import torch
+from speed_cases import moe_mask_reference
 import kernels
-from moe_cases import grads_of, make_case, naive_moe
+from moe_cases import grads_of, make_case
 
 torch.set_num_threads(2)
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
 SQUARE = [(3, 5, 12, 3, 2), (4, 8, 32, 3, 2), (2, 7, 16, 4, 1), (3, 4, 20, 3, 3)]  # (N, L, D, E, k)
 TOL = {torch.float32: 2e-3 if CUDA else 1e-5, torch.float16: 1e-2}
-
-
-def _reference(x, w, b, idx, g, gy):
-    f64 = [t.double() for t in (x, w, b)] + [idx, g.double()]
-    return grads_of(lambda x, w, b, i, g: x * (1 + naive_moe(x, w, b, i, g)), *f64, gy.double())
 
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
@@ -32,7 +28,7 @@ def test_moe_mask_matches_float64_loop(backend, expert_dtype, shape):
     w, b, g = (t.to(expert_dtype) for t in (w, b, g))
     gy = torch.randn(x.shape, generator=torch.Generator().manual_seed(5)).to(DEVICE)
     got = grads_of(lambda *a: kernels.moe_mask(*a, backend=backend), x, w, b, idx, g, gy)
-    want = _reference(x, w, b, idx, g, gy)
+    want = moe_mask_reference(x, w, b, idx, g, gy)
     for name, a, r in zip(["out", "dx", "dweight", "dbias", "dgates"], got, want):
         # out and dx stay in x's dtype (float32); the expert gradients come back in theirs.
         assert a.dtype == (torch.float32 if name in ("out", "dx") else expert_dtype), name

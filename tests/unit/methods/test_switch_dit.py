@@ -5,6 +5,7 @@ import itertools
 import numpy as np
 import pytest
 import torch
+from speed_cases import random_switch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 from scipy.optimize import linear_sum_assignment
@@ -17,18 +18,10 @@ from reference_models import backbone_state, random_state_dict, ref_dtr_table, r
 torch.set_num_threads(2)
 
 
-def _random_switch(seed=21, **opts):
-    model = methods.build_model("switch_dit", "debug", input_size=8, in_channels=1, num_classes=3, **opts).eval()
-    sd = random_state_dict(model.state_dict(), seed=seed)
-    sd["pos_embed"] = model.pos_embed.detach().clone()
-    model.load_state_dict(sd)
-    return model, sd
-
-
 # ------------------------------------------------------------------ expert path
 @pytest.mark.parametrize("backend", ["torch", "auto"])
 def test_block_mask_matches_naive_per_sample_loop(backend):
-    model, sd = _random_switch(moe_backend=backend, num_experts=4, top_k=2)
+    model, sd = random_switch(moe_backend=backend, num_experts=4, top_k=2)
     t = torch.tensor([0.0, 333.0, 999.0])
     h = torch.randn(3, 16, 96)
     with torch.no_grad():
@@ -85,7 +78,7 @@ def _loss_and_grads(model, x, t, y):
 
 @pytest.mark.parametrize("t_value", [0, 250, 731, 999])
 def test_same_timestep_fast_path_equals_general_path(monkeypatch, t_value):
-    model, _ = _random_switch(num_experts=4, top_k=2)
+    model, _ = random_switch(num_experts=4, top_k=2)
     x, y = torch.randn(3, 1, 8, 8), torch.tensor([0, 2, 1])
     t = torch.full((3,), t_value)
     assert model.route(t, model.t_embedder(t), False).coef is not None  # the fast path is taken
@@ -113,7 +106,7 @@ def test_zero_experts_reduce_to_dit():
 
 
 def test_timestep_is_an_argument_per_sample():
-    model, _ = _random_switch()
+    model, _ = random_switch()
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 980]), torch.tensor([0, 2])
     with torch.no_grad():
         both = model(x, t, y)
@@ -122,7 +115,7 @@ def test_timestep_is_an_argument_per_sample():
 
 
 def test_eval_gates_only_the_batch_timesteps():
-    model, _ = _random_switch()
+    model, _ = random_switch()
     seen = []
     model.t_embedder.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
     x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3, 980]), torch.tensor([0, 2])
@@ -179,7 +172,7 @@ def test_matching_rejects_bad_shapes():
 
 
 def test_aux_loss_is_weighted_jsd_against_matched_prior(monkeypatch):
-    model, sd = _random_switch(w_jsd=2.5)
+    model, sd = random_switch(w_jsd=2.5)
     model.train()
     recorded = []
     real = switch_module.match_columns
@@ -212,7 +205,7 @@ def test_aux_loss_is_weighted_jsd_against_matched_prior(monkeypatch):
 
 
 def test_zero_weight_skips_the_prior():
-    model, _ = _random_switch(w_jsd=0.0)
+    model, _ = random_switch(w_jsd=0.0)
     _, aux = model(torch.randn(2, 1, 8, 8), torch.tensor([1, 2]), torch.tensor([0, 1]), return_aux=True)
     assert aux["jsd"].item() == 0.0
 
@@ -298,7 +291,7 @@ def test_reference_checkpoint_with_wrong_prior_is_refused(tmp_path):
 
 
 def test_suite_round_trip(tmp_path):
-    model, _ = _random_switch(num_experts=4, top_k=3, w_jsd=0.5)
+    model, _ = random_switch(num_experts=4, top_k=3, w_jsd=0.5)
     path = methods.save_checkpoint(tmp_path / "sw.pt", model, ema=model, step=3)
     loaded = methods.load_checkpoint(path)
     assert loaded.build_kwargs == model.build_kwargs
@@ -335,7 +328,7 @@ def test_validate_options(opts, needle):
 
 
 def test_diagnostics(tmp_path):
-    model, _ = _random_switch()
+    model, _ = random_switch()
     out = model.diagnostics(tmp_path)
     assert set(out) == {"task_expert_map", "task_affinity"}
     for path in out.values():
