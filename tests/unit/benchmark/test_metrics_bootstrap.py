@@ -7,6 +7,7 @@ Precision/Recall with brute-force float64 distances, then ``np.percentile``.
 
 import numpy as np
 import pytest
+from metric_cases import brute_force_membership, single_threaded_blas  # noqa: F401  (an autouse fixture)
 import scipy.linalg
 import torch
 from torch_fidelity.metric_prc import calculate_precision_recall_part
@@ -14,15 +15,6 @@ from benchmark.metrics import bootstrap as bs
 from benchmark.metrics.manifold import manifold_membership, pack_bits, unpack_bits
 
 torch.set_num_threads(2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def single_threaded_blas():
-    """numpy's BLAS threads spin after each call and starve torch's on a 2-core machine; the checks here are small."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
 
 
 K = 3
@@ -84,18 +76,6 @@ def test_frechet_resamples_shift_invariant_and_float32_input():
     base = bs.frechet_resamples(feats, mu2, sigma2, idx)
     shifted = bs.frechet_resamples(feats + 50.0, mu2 + 50.0, sigma2, idx)
     np.testing.assert_allclose(shifted, base, rtol=1e-7)
-
-
-def brute_force_membership(gen, real, k):
-    """float64 distances; radius = distance to the k-th nearest *other* member of the same set."""
-    def dists(a, b):
-        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
-
-    r_gen = np.sort(dists(gen, gen), axis=1)[:, k]
-    r_real = np.sort(dists(real, real), axis=1)[:, k]
-    inside = (dists(gen, real) <= r_real[None, :]).any(axis=1)      # generated i in the real manifold
-    covered = dists(real, gen) <= r_gen[None, :]                     # real r in generated j's ball
-    return inside, covered
 
 
 def pr_sets(seed=0, g=60, r=70, d=16):
