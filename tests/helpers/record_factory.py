@@ -1,6 +1,8 @@
 """Valid result records for tests, built the way the suite builds them: compose -> identity -> record."""
 from __future__ import annotations
 
+import copy
+import functools
 from pathlib import Path
 
 from benchmark.config import compose
@@ -29,11 +31,17 @@ def evaluation(ident, *, reference: str = "ADM reference batch x.npz", reference
             "num_samples": ident.eval["num_fid_samples"]}
 
 
+@functools.lru_cache(maxsize=None)
+def _composed(overrides: tuple[str, ...]):
+    # Tests build many records of the same cell; Hydra composes each set of overrides once.
+    return compose(list(overrides))
+
+
 def make_record(*overrides: str, fid: float = 27.10, metrics_extra: dict | None = None,
                 artifacts: dict | None = None, compute: dict | None = None, created: str = "2025-01-02T00:00:00Z",
                 eval_fields: dict | None = None) -> dict:
     """A record of the cell ``overrides`` compose to (paths are not part of the identity)."""
-    cfg = compose(list(overrides))
+    cfg = copy.deepcopy(_composed(tuple(overrides)))
     ident = cell_identity(cfg)
     comp = {"parameters": 33_000_000, "forward_flops_per_image": 6_000_000_000, "train_wall_s": 3600.0,
             "devices": 8, "device_type": "cuda", "device_hours": 8.0}
