@@ -97,13 +97,6 @@ def test_triton_only_requested_grads():
     torch.testing.assert_close(w.grad.double(), want[2], rtol=tol, atol=tol * want[2].abs().max().item())
 
 
-def test_compile_traces_triton_op():
-    case = make_case(3, 5, 12, 20, 3, 2)
-    compiled = torch.compile(triton_fn, backend="aot_eager", fullgraph=True)
-    dy = torch.randn(3, 5, 20).to(DEVICE)
-    check(run(compiled, *case, dy=dy), run(torch_fn, *case, dy=dy), 2 * TOL[torch.float32])
-
-
 def test_traced_backward_is_the_opaque_op():
     """AOT autograd traces the custom op's backward with fake tensors, and on some torch
     versions outside dynamo (is_compiling() is False there). The traced backward must be the
