@@ -1,4 +1,5 @@
-"""kernels.moe_linear: plain-torch path, baselines, input validation (torch.compile: tests/integration/test_moe_linear_compile.py).
+"""kernels.moe_linear: plain-torch path, baselines, input validation
+(torch.compile: tests/integration/test_moe_linear_compile.py).
 
 Every result is checked against a per-sample loop written here, in float64:
 out[n] = sum_j g[n, j] * (x[n] @ W[idx[n, j]] + b[idx[n, j]])
@@ -10,7 +11,7 @@ import torch
 import kernels
 from benchmark.speed import baselines
 from kernels import moe_torch
-from moe_cases import grads_of, make_case, naive_moe
+from moe_cases import check_grads, grads_of, make_case, naive_moe
 
 torch.set_num_threads(2)
 
@@ -18,13 +19,6 @@ torch.set_num_threads(2)
 def reference(x, w, b, idx, g, dy):
     d = torch.float64
     return grads_of(naive_moe, x.to(d), w.to(d), b.to(d), idx, g.to(d), dy.to(d))
-
-
-def assert_all_close(got, want, rel):
-    names = ["out", "dx", "dweight", "dbias", "dgates"]
-    for name, a, r in zip(names, got, want):
-        scale = r.abs().max().item() + 1e-12
-        torch.testing.assert_close(a.to(torch.float64), r, rtol=rel, atol=rel * scale, msg=lambda m: f"{name}: {m}")
 
 
 SHAPES = [  # (N, L, D_in, D_out, E, k)
@@ -48,7 +42,7 @@ VARIANTS = {
 def test_torch_paths_match_naive_loop_fp32(shape, variant):
     case = make_case(*shape)
     dy = torch.randn(shape[0], shape[1], shape[3], generator=torch.Generator().manual_seed(1))
-    assert_all_close(grads_of(VARIANTS[variant], *case, dy), reference(*case, dy), rel=2e-5)
+    check_grads(grads_of(VARIANTS[variant], *case, dy), reference(*case, dy), 2e-5)
 
 
 @pytest.mark.parametrize("routing", ["shared", "duplicate"])
@@ -58,7 +52,7 @@ def test_torch_paths_special_routings(routing, variant):
     case = make_case(5, 6, 12, 12, 4, 2, routing=routing)
     dy = torch.randn(5, 6, 12)
     got = grads_of(VARIANTS[variant], *case, dy)
-    assert_all_close(got, reference(*case, dy), rel=2e-5)
+    check_grads(got, reference(*case, dy), 2e-5)
     unused = sorted(set(range(4)) - set(case[3].flatten().tolist()))
     assert unused, "routing should leave an expert unused"
     assert torch.count_nonzero(got[2][unused]) == 0 and torch.count_nonzero(got[3][unused]) == 0
@@ -75,7 +69,7 @@ def test_torch_path_fp16(direction):
         assert out.dtype == torch.float16
         torch.testing.assert_close(out.double(), want[0], rtol=1e-2, atol=1e-2 * want[0].abs().max().item())
     else:
-        assert_all_close(grads_of(lambda *a: kernels.moe_linear(*a, backend="torch"), *case, dy), want, rel=1e-2)
+        check_grads(grads_of(lambda *a: kernels.moe_linear(*a, backend="torch"), *case, dy), want, 1e-2)
 
 
 def test_autocast_runs_in_autocast_dtype():
